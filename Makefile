@@ -1,0 +1,64 @@
+# unlearn — developer entry points. `make eval` and `make test` work on a fresh machine.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+UNLEARN := $(VENV)/bin/unlearn
+STAMP := $(VENV)/.installed
+
+METHOD ?= npo
+MODEL ?= tiny
+SPLIT ?= forget10
+SEED ?= 0
+BENCHMARK ?= tinyfacts
+OUT ?= runs
+ARGS ?=
+
+export HF_HUB_OFFLINE := 1
+export HF_DATASETS_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: setup eval test test-fast test-slow quality style leaderboard bench clean
+
+setup: $(STAMP)
+
+# torch first and pinned exactly: anything else lets pip pull a multi-GB CUDA build.
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+eval: setup
+	$(UNLEARN) build tinyfacts
+	$(UNLEARN) run --method $(METHOD) --model $(MODEL) --benchmark $(BENCHMARK) --split $(SPLIT) \
+		--seed $(SEED) --out $(OUT) --compare $(ARGS)
+
+test: setup
+	$(PY) -m pytest -q -x --timeout 1800 tests
+
+test-fast: setup
+	$(PY) -m pytest -q -x -m "not slow" tests
+
+test-slow: setup
+	$(PY) -m pytest -q -x -m slow tests
+
+quality: setup
+	$(VENV)/bin/ruff check unlearn tests benchmarks
+	$(VENV)/bin/ruff format --check unlearn tests benchmarks
+
+style: setup
+	$(VENV)/bin/ruff check --fix unlearn tests benchmarks
+	$(VENV)/bin/ruff format unlearn tests benchmarks
+
+leaderboard: setup
+	$(UNLEARN) build tinyfacts --splits forget01,forget05,forget10
+	$(PY) benchmarks/leaderboard.py --out $(OUT)
+	$(UNLEARN) leaderboard $(OUT) --out benchmarks/results
+
+bench: setup
+	$(PY) benchmarks/speed/train_speed.py
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

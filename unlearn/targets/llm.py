@@ -1,0 +1,289 @@
+"""Causal language-model targets: safe loading and saving, QA tokenisation, answer log-probs, greedy answers.
+
+Safety: weights load from safetensors only, ``trust_remote_code`` is never set, nothing is unpickled. Offline, a
+model that is not on disk is a one-line `UnlearnError` naming it and how to provide it.
+
+Log-probs are computed over answer tokens only (prompt and padding masked with label -100). To avoid
+materialising (B, T, V) float32 logits over a large vocabulary, the LM head is applied to the hidden states of
+answer positions only (``answer_token_logits``).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import torch
+import torch.nn as nn
+
+from unlearn.errors import UnlearnError
+
+IGNORE = -100
+
+
+# ----------------------------------------------------------------------------------------------- prompt formats
+@dataclass
+class PromptFormat:
+    """How a question becomes a prompt.
+
+    ``plain``: ``template.format(question=q)`` followed by ``answer_prefix + answer`` (the embedded target's
+    ``Question: ... Answer:`` format). ``chat``: the tokenizer's chat template with a generation prompt.
+    """
+
+    kind: str = "plain"  # "plain" | "chat"
+    template: str = "Question: {question}\nAnswer:"  # plain only
+    answer_prefix: str = " "  # plain only: text between prompt and answer
+
+    def prompt(self, tokenizer, question: str) -> str:
+        if self.kind == "chat":
+            return tokenizer.apply_chat_template(
+                [{"role": "user", "content": question}], add_generation_prompt=True, tokenize=False
+            )
+        return self.template.format(question=question)
+
+    def answer(self, answer: str) -> str:
+        return (self.answer_prefix if self.kind == "plain" else "") + answer
+
+
+def default_prompt_format(tokenizer) -> PromptFormat:
+    """Chat template for instruct models that have one, plain ``Question: ... Answer:`` otherwise."""
+    if getattr(tokenizer, "chat_template", None):
+        return PromptFormat(kind="chat")
+    return PromptFormat()
+
+
+# ----------------------------------------------------------------------------------------------- loading
+def _looks_local(name: str) -> bool:
+    return name.startswith((".", "/", "~")) or os.sep in name and Path(name).expanduser().exists()
+
+
+def check_weights_dir(path: Path) -> None:
+    """Refuse directories whose weights are pickles (``.bin``, ``.pt``) or that hold no weights at all."""
+    st = list(path.glob("*.safetensors"))
+    if st:
+        return
+    pickles = [p.name for p in path.iterdir() if p.suffix in {".bin", ".pt", ".pth", ".ckpt", ".pkl"}]
+    if pickles:
+        raise UnlearnError(
+            f"{path}: weights are pickle files ({', '.join(sorted(pickles)[:3])}); only safetensors are loaded "
+            "(convert them with a trusted tool first)"
+        )
+    raise UnlearnError(f"{path}: no *.safetensors weights found")
+
+
+def resolve_model_dir(name: str) -> tuple[str, bool]:
+    """Return (name-or-path to pass to from_pretrained, is_local). Local dirs are checked for safe weights."""
+    p = Path(name).expanduser()
+    if p.exists():
+        if not p.is_dir():
+            raise UnlearnError(f"{name}: a model must be a directory in Hugging Face format, not a file")
+        if not (p / "config.json").exists():
+            raise UnlearnError(f"{name}: no config.json (not a Hugging Face model directory)")
+        check_weights_dir(p)
+        return str(p), True
+    if _looks_local(name):
+        raise UnlearnError(f"model directory not found: {name}")
+    return name, False
+
+
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
+
+
+def load_tokenizer(name: str):
+    from transformers import AutoTokenizer
+
+    src, local = resolve_model_dir(name)
+    try:
+        tok = AutoTokenizer.from_pretrained(src, trust_remote_code=False, local_files_only=local or _offline())
+    except (OSError, ValueError) as e:
+        raise _missing(name, e) from None
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token  # Llama-style tokenizers ship without a pad token
+    return tok
+
+
+def load_causal_lm(name: str, dtype: torch.dtype | None = None, device: str | torch.device | None = None):
+    """Load a causal LM from a local directory or a cached hub id; safetensors only, no remote code."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    src, local = resolve_model_dir(name)
+    try:
+        config = AutoConfig.from_pretrained(src, trust_remote_code=False, local_files_only=local or _offline())
+    except (OSError, ValueError) as e:
+        raise _missing(name, e) from None
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    if config.model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
+        raise UnlearnError(
+            f"{name}: architecture {config.model_type!r} is not a causal language model "
+            f"(architectures: {', '.join(config.architectures or ['?'])})"
+        )
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            src,
+            trust_remote_code=False,
+            use_safetensors=True,
+            local_files_only=local or _offline(),
+            dtype=dtype or torch.float32,
+        )
+    except (OSError, ValueError) as e:
+        raise _missing(name, e) from None
+    if device is not None:
+        model.to(device)
+    model.eval()
+    return model
+
+
+def _missing(name: str, err: Exception) -> UnlearnError:
+    msg = str(err).splitlines()[0][:200] if str(err) else type(err).__name__
+    return UnlearnError(
+        f"cannot load model {name!r} ({msg}); offline, put its weights in the Hugging Face cache (HF_HOME) "
+        "or pass a local directory with config.json and *.safetensors"
+    )
+
+
+def save_model(model, tokenizer, path: str | Path) -> None:
+    """Save in Hugging Face format with safetensors (atomic: written to a temp folder, then renamed)."""
+    import shutil
+
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    model.save_pretrained(tmp, safe_serialization=True)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(tmp)
+    if path.exists():
+        shutil.rmtree(path)
+    os.replace(tmp, path)
+
+
+# ----------------------------------------------------------------------------------------------- tokenisation
+def encode_qa(tokenizer, fmt: PromptFormat, question: str, answer: str, max_length: int = 512):
+    """Token ids and labels of one QA pair: prompt tokens get label -100, answer tokens (+ EOS) keep theirs."""
+    prompt = fmt.prompt(tokenizer, question)
+    add_special = fmt.kind == "plain"  # chat templates already contain BOS
+    p_ids = tokenizer(prompt, add_special_tokens=add_special)["input_ids"]
+    a_ids = tokenizer(fmt.answer(answer), add_special_tokens=False)["input_ids"]
+    if tokenizer.eos_token_id is not None and (not a_ids or a_ids[-1] != tokenizer.eos_token_id):
+        a_ids = a_ids + [tokenizer.eos_token_id]
+    ids = (p_ids + a_ids)[:max_length]
+    labels = ([IGNORE] * len(p_ids) + a_ids)[:max_length]
+    return ids, labels
+
+
+def encode_prompt(tokenizer, fmt: PromptFormat, question: str) -> list[int]:
+    return tokenizer(fmt.prompt(tokenizer, question), add_special_tokens=fmt.kind == "plain")["input_ids"]
+
+
+def collate(items: Sequence[tuple[list[int], list[int]]], pad_id: int, pad_to: int | None = None) -> dict:
+    """Right-pad (ids, labels) pairs into a batch dict of (B, T) tensors."""
+    T = max(len(ids) for ids, _ in items)
+    if pad_to:
+        T = max(T, pad_to)
+    B = len(items)
+    input_ids = torch.full((B, T), pad_id, dtype=torch.long)
+    labels = torch.full((B, T), IGNORE, dtype=torch.long)
+    attn = torch.zeros((B, T), dtype=torch.long)
+    for i, (ids, lab) in enumerate(items):
+        n = len(ids)
+        input_ids[i, :n] = torch.tensor(ids)
+        labels[i, :n] = torch.tensor(lab)
+        attn[i, :n] = 1
+    return {"input_ids": input_ids, "attention_mask": attn, "labels": labels}
+
+
+# ----------------------------------------------------------------------------------------------- log-probs
+def _unwrap(model):
+    """The underlying transformers model (through DDP / accelerate wrappers and peft)."""
+    while hasattr(model, "module") and isinstance(model.module, nn.Module):
+        model = model.module
+    if hasattr(model, "get_base_model"):  # peft
+        model = model.get_base_model()
+    return model
+
+
+def answer_token_logits(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Logits at answer positions only.
+
+    Returns:
+        logits (N, V) in the model's dtype, targets (N,), row (N,) — the sequence index of each answer token.
+        Position t's logits predict token t+1, so N counts label != -100 among ``labels[:, 1:]``.
+    """
+    lm = _unwrap(model)
+    labels = batch["labels"][:, 1:]  # (B, T-1)
+    mask = labels != IGNORE  # (B, T-1)
+    head = lm.get_output_embeddings()
+    softcap = getattr(lm.config, "final_logit_softcapping", None)
+    if head is not None and hasattr(lm, "base_model") and lm.base_model is not lm and not softcap:
+        h = lm.base_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+        logits = head(h[:, :-1][mask])  # (N, V): the LM head only where a label exists
+    else:  # generic fallback: full logits, then select
+        logits = lm(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1][mask]
+    row = torch.arange(labels.shape[0], device=labels.device)[:, None].expand_as(labels)[mask]
+    return logits, labels[mask], row
+
+
+def token_logps(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """log p(target) per answer token, computed in float32. (N, V), (N,) -> (N,)"""
+    logits = logits.float()
+    return logits.gather(-1, targets[:, None]).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+
+
+def sequence_logps(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sum of answer-token log-probs per sequence and the number of answer tokens. -> (B,), (B,)"""
+    logits, targets, row = answer_token_logits(model, batch)
+    lp = token_logps(logits, targets)  # (N,)
+    B = batch["labels"].shape[0]
+    seq = torch.zeros(B, dtype=lp.dtype, device=lp.device).index_add(0, row, lp)
+    n = torch.zeros(B, dtype=torch.long, device=lp.device).index_add(0, row, torch.ones_like(row))
+    return seq, n
+
+
+class SequenceLogProbs(nn.Module):
+    """Wraps a causal LM so that forward() returns (seq_logp, n_tokens); what DDP / accelerate wrap in training."""
+
+    def __init__(self, lm: nn.Module):
+        super().__init__()
+        self.lm = lm
+
+    def forward(self, input_ids, attention_mask, labels):
+        return sequence_logps(self.lm, {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels})
+
+
+# ----------------------------------------------------------------------------------------------- generation
+@torch.no_grad()
+def greedy_generate(model, tokenizer, prompts: Sequence[list[int]], max_new_tokens: int = 32) -> list[list[int]]:
+    """Greedy continuation of a batch of prompt ids (left-padded), stopping per sequence at EOS.
+
+    Returns the generated ids only, without the EOS and anything after it.
+    """
+    device = next(model.parameters()).device
+    pad = tokenizer.pad_token_id
+    eos = tokenizer.eos_token_id
+    T = max(len(p) for p in prompts)
+    B = len(prompts)
+    ids = torch.full((B, T), pad, dtype=torch.long)
+    attn = torch.zeros((B, T), dtype=torch.long)
+    for i, p in enumerate(prompts):
+        ids[i, T - len(p) :] = torch.tensor(p)
+        attn[i, T - len(p) :] = 1
+    ids, attn = ids.to(device), attn.to(device)
+    out = model.generate(
+        input_ids=ids,
+        attention_mask=attn,
+        max_new_tokens=max_new_tokens,
+        do_sample=False,
+        eos_token_id=eos,
+        pad_token_id=pad,
+    )
+    gen = out[:, T:].tolist()
+    res = []
+    for g in gen:
+        if eos in g:
+            g = g[: g.index(eos)]
+        res.append(g)
+    return res
