@@ -44,8 +44,8 @@ def validate_record(obj: Any, where: str, require_perturbed: bool = False) -> Re
         if not isinstance(obj[k], str) or not obj[k].strip():
             raise UnlearnError(f"{where}: field {k!r} must be a non-empty string")
     for k in OPTIONAL_STR:
-        if k in obj and obj[k] is not None and not isinstance(obj[k], str):
-            raise UnlearnError(f"{where}: field {k!r} must be a string")
+        if k in obj and obj[k] is not None and (not isinstance(obj[k], str) or not obj[k].strip()):
+            raise UnlearnError(f"{where}: field {k!r} must be a non-empty string")
     if "perturbed_answer" in obj and obj["perturbed_answer"] is not None:
         pa = obj["perturbed_answer"]
         if isinstance(pa, str):
@@ -65,7 +65,12 @@ def load_records(path: str | Path, require_perturbed: bool = False) -> list[Reco
     path = Path(path)
     if not path.exists():
         raise UnlearnError(f"data file not found: {path}")
-    text = path.read_text(encoding="utf-8")
+    if path.is_dir():
+        raise UnlearnError(f"{path}: is a directory; expected a JSON-lines or JSON file")
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as e:
+        raise UnlearnError(f"{path}: cannot read ({e})") from None
     records: list[Record] = []
     if path.suffix == ".json" and text.lstrip().startswith("["):
         try:

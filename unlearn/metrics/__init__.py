@@ -68,3 +68,17 @@ def metrics_table() -> str:
         better = {"higher": "higher", "lower": "lower", "oracle": "closest to oracle"}[m.direction]
         rows.append(f"| `{m.name}` | {m.family} | {better} | {m.range} | {m.description} |")
     return "\n".join(rows)
+
+
+def write_metrics_doc(path) -> None:
+    """Write the registry as a markdown page (``docs/metrics.md``): regenerate it after registering a metric with
+    ``python -c "from unlearn.metrics import write_metrics_doc; write_metrics_doc('docs/metrics.md')"``."""
+    from unlearn.store import atomic_write_text
+
+    text = (
+        "# Metrics\n\n"
+        "Generated from the metric registry (`unlearn.metrics.write_metrics_doc`); do not edit by hand.\n"
+        "*closest to oracle* means the best value is the retain-only oracle's (the model trained without the "
+        "forget set).\n\n" + metrics_table() + "\n"
+    )
+    atomic_write_text(path, text)

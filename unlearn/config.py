@@ -1,0 +1,226 @@
+"""Run configuration: dataclasses, YAML loading (``yaml.safe_load``), typed ``key=value`` overrides, model aliases.
+
+Overrides (``--set key=value``) are checked against the dataclass field types: ``lr=1e-4``, ``lora.r=16``,
+``retain=kl``, ``beta=0.2`` (a method field), ``method.beta=0.2`` (the same, explicit). A bad key or value names
+the key and why. No Hydra: dataclasses are the source of truth.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, get_args, get_origin
+
+from unlearn.errors import UnlearnError, unknown_name
+
+
+@dataclass
+class LoraConfig:
+    r: int = 0  # LoRA rank; 0 trains all weights
+    alpha: int = 32  # LoRA scaling numerator (scale = alpha / r)
+    dropout: float = 0.0  # LoRA dropout
+    target_modules: str = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"  # comma-separated
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation settings shared by every gradient method.
+
+    Defaults are the TOFU / open-unlearning reference settings for 1-8B models (algorithms.md §1.2, §2.3):
+    lr 1e-5, 10 epochs, effective batch 32, 1 warm-up epoch then linear decay, AdamW with weight decay 0.01.
+    The embedded target has its own preset (``EMBEDDED_TRAIN``) because those settings barely move a
+    0.8M-parameter model.
+    """
+
+    lr: float = 1e-5  # peak learning rate
+    epochs: float = 10  # passes over the forget set (one step = batch_size forget + batch_size retain examples)
+    batch_size: int = 32  # effective (global) batch of forget examples per optimizer step
+    micro_batch_size: int = 0  # per-process micro-batch; 0 = choose (whole share on CPU, from free memory on GPU)
+    warmup_epochs: float = 1.0  # linear warm-up length, in epochs
+    schedule: Literal["linear", "constant"] = "linear"  # decay after warm-up
+    weight_decay: float = 0.01  # AdamW weight decay
+    max_grad_norm: float = 1.0  # gradient clipping; 0 disables
+    max_length: int = 512  # token cap per QA sequence
+    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on GPU, fp32 on CPU
+    gradient_checkpointing: bool = False  # trade compute for memory on large models
+    checkpoint_every: int = 0  # save a resumable checkpoint every N steps (0: only at the end of training)
+    eval_every: int = 0  # run the basic evaluation every N steps (0: only at the end)
+    lora: LoraConfig = field(default_factory=LoraConfig)
+
+
+# The embedded TinyFacts target: measured to move forget accuracy while keeping retain with the default methods.
+EMBEDDED_TRAIN: dict[str, Any] = {"lr": 1e-3, "epochs": 5, "batch_size": 32, "warmup_epochs": 1.0,
+                                  "checkpoint_every": 10}
+
+
+# ----------------------------------------------------------------------------------------------- model aliases
+MODEL_ALIASES: dict[str, str] = {
+    "tiny": "embedded:tinyfacts",
+    "tiny-micro": "embedded:tinyfacts-micro",
+    "llama-1b": "meta-llama/Llama-3.2-1B-Instruct",
+    "llama-3b": "meta-llama/Llama-3.2-3B-Instruct",
+    "llama-8b": "meta-llama/Llama-3.1-8B-Instruct",
+    "llama2-7b": "meta-llama/Llama-2-7b-chat-hf",
+    "qwen-1.5b": "Qwen/Qwen2.5-1.5B-Instruct",
+    "qwen-7b": "Qwen/Qwen2.5-7B-Instruct",
+    "phi-1.5": "microsoft/phi-1_5",
+    "gemma-2b": "google/gemma-2-2b-it",
+}
+
+# With --benchmark tofu the Llama aliases resolve to open-unlearning's public TOFU fine-tunes and oracles.
+_TOFU_NAMES = {"llama-1b": "Llama-3.2-1B-Instruct", "llama-3b": "Llama-3.2-3B-Instruct",
+               "llama-8b": "Llama-3.1-8B-Instruct", "llama2-7b": "Llama-2-7b-chat-hf", "phi-1.5": "phi-1_5"}
+_TOFU_RETAIN = {"forget01": "retain99", "forget05": "retain95", "forget10": "retain90"}
+
+
+@dataclass
+class ModelSpec:
+    """A resolved model: what to load for the target, and its retain-only oracle when one is known."""
+
+    alias: str  # what the user typed
+    target: str  # HF id, local dir, or embedded:<preset>
+    oracle: str | None  # HF id / local dir of the retain-only model for this split, if known
+
+    @property
+    def embedded(self) -> str | None:
+        return self.target.split(":", 1)[1] if self.target.startswith("embedded:") else None
+
+
+def resolve_model(alias: str, benchmark: str = "tinyfacts", split: str = "forget10") -> ModelSpec:
+    """Map an alias (or HF id / local path) to the model to load and its oracle."""
+    if benchmark == "tofu" and alias in _TOFU_NAMES:
+        base = f"open-unlearning/tofu_{_TOFU_NAMES[alias]}"
+        return ModelSpec(alias, f"{base}_full", f"{base}_{_TOFU_RETAIN[split]}" if split in _TOFU_RETAIN else None)
+    target = MODEL_ALIASES.get(alias, alias)
+    if target.startswith("embedded:") and benchmark != "tinyfacts":
+        raise UnlearnError(f"model {alias!r} is the embedded TinyFacts target; use it with --benchmark tinyfacts")
+    return ModelSpec(alias, target, None)
+
+
+# ----------------------------------------------------------------------------------------------- overrides
+def _convert(value: str, tp: Any, key: str) -> Any:
+    origin = get_origin(tp)
+    if origin is Literal:
+        opts = get_args(tp)
+        if value not in opts:
+            raise UnlearnError(f"--set {key}={value}: must be one of {', '.join(map(str, opts))}")
+        return value
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in get_args(tp) if a is not type(None)]
+        if value.lower() in ("none", "null") and len(args) < len(get_args(tp)):
+            return None
+        errors = []
+        for a in args:
+            try:
+                return _convert(value, a, key)
+            except UnlearnError as e:
+                errors.append(str(e))
+        raise UnlearnError(errors[-1])
+    if tp is bool:
+        if value.lower() in ("1", "true", "yes", "on"):
+            return True
+        if value.lower() in ("0", "false", "no", "off"):
+            return False
+        raise UnlearnError(f"--set {key}={value}: expected a boolean (true/false)")
+    if tp in (int, float):
+        try:
+            v = tp(value) if tp is float else int(value, 0)
+        except ValueError:
+            if tp is int:
+                try:
+                    f = float(value)
+                except ValueError:
+                    f = None
+                if f is not None and f.is_integer():
+                    return int(f)
+            raise UnlearnError(f"--set {key}={value}: expected {tp.__name__}") from None
+        return v
+    if tp is str:
+        return value
+    raise UnlearnError(f"--set {key}: cannot set a field of type {tp}")
+
+
+def _field_types(obj) -> dict[str, Any]:
+    hints = typing.get_type_hints(type(obj))
+    return {f.name: hints[f.name] for f in dataclasses.fields(obj)}
+
+
+def set_field(obj, dotted: str, value: str, key: str | None = None) -> None:
+    """Set ``a.b.c`` on a nested dataclass from a string, converting to the field's type."""
+    key = key or dotted
+    head, _, rest = dotted.partition(".")
+    types_ = _field_types(obj)
+    if head not in types_:
+        raise UnlearnError(f"--set {key}: unknown key {head!r}; valid: {', '.join(sorted(types_))}")
+    if rest:
+        child = getattr(obj, head)
+        if not dataclasses.is_dataclass(child):
+            raise UnlearnError(f"--set {key}: {head!r} has no sub-keys")
+        set_field(child, rest, value, key)
+        return
+    if dataclasses.is_dataclass(getattr(obj, head)):
+        raise UnlearnError(f"--set {key}: {head!r} is a group; set one of its keys, e.g. {head}.<key>=...")
+    setattr(obj, head, _convert(value, types_[head], key))
+
+
+def parse_overrides(items: list[str] | None) -> list[tuple[str, str]]:
+    out = []
+    for it in items or []:
+        if "=" not in it:
+            raise UnlearnError(f"--set {it!r}: expected key=value")
+        k, v = it.split("=", 1)
+        k = k.strip()
+        if not k:
+            raise UnlearnError(f"--set {it!r}: empty key")
+        out.append((k, v.strip()))
+    return out
+
+
+def apply_overrides(train: TrainConfig, method_cfg, overrides: list[tuple[str, str]]) -> None:
+    """Route each override to the training config or the method config (``method.`` prefix forces the latter)."""
+    train_keys = set(_field_types(train))
+    method_keys = set(_field_types(method_cfg)) if method_cfg is not None else set()
+    for k, v in overrides:
+        if k.startswith("method."):
+            if method_cfg is None:
+                raise UnlearnError(f"--set {k}: this method has no settings")
+            set_field(method_cfg, k[len("method.") :], v, k)
+        elif k.split(".")[0] in method_keys:
+            set_field(method_cfg, k, v, k)
+        elif k.split(".")[0] in train_keys:
+            set_field(train, k, v, k)
+        else:
+            raise unknown_name("--set key", k, train_keys | method_keys)
+
+
+def load_yaml_overrides(path: str | Path) -> list[tuple[str, str]]:
+    """A YAML file of ``key: value`` (nested mappings allowed) as override pairs."""
+    import yaml
+
+    p = Path(path)
+    if not p.exists():
+        raise UnlearnError(f"config file not found: {p}")
+    try:
+        data = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise UnlearnError(f"{p}: invalid YAML ({str(e).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise UnlearnError(f"{p}: expected a mapping of key: value")
+    out: list[tuple[str, str]] = []
+
+    def walk(prefix: str, d: dict):
+        for k, v in d.items():
+            if isinstance(v, dict):
+                walk(f"{prefix}{k}.", v)
+            else:
+                out.append((f"{prefix}{k}", str(v)))
+
+    walk("", data)
+    return out
+
+
+def to_dict(obj) -> dict:
+    return dataclasses.asdict(obj)

@@ -1,0 +1,125 @@
+"""Concept-erasure metrics for text-to-image targets (UnlearnCanvas UA / IRA / CRA analogues + robustness).
+
+Every image comes with the labels its prompt asked for (shape, colour, background) and the classifier's reading.
+For an erased concept k of kind (domain) D:
+
+* ``erasure_rate`` (UA): share of images for prompts containing k whose D-label is read as anything but k;
+* ``in_domain_retention`` (IRA): D-accuracy on prompts of the *other* concepts of D (other shapes still drawn);
+* ``cross_domain_retention`` (CRA): accuracy of the other domains over all prompts, and
+  ``forget_cross_retention`` the same on k's prompts (the colour of an erased circle is still right);
+* ``paraphrase_attack_success``: share of synonym / reordered prompts for k read as k;
+* ``adversarial_attack_success``: RECE's closed-form embedding (Gong et al. 2024, Eq. 8) used as an attack on any
+  edited model: c' = (λ I + Σ WᵀW)⁻¹ Σ WᵀW⁰ c from the edited (W) and original (W⁰) cross-attention K/V
+  layers — images drawn from c' and read as k. Needs only the two checkpoints, not how the edit was made.
+
+Rates are computed from per-example rows (examples.jsonl), so the leaderboard can recompute or bootstrap them.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from unlearn.metrics import register_metric
+
+_R = "[0, 1]"
+register_metric("erasure_rate", "diffusion", "higher", "share of images for the erased concept's prompts not "
+                "classified as it (UnlearnCanvas UA)", _R)  # fmt: skip
+register_metric("concept_rate", "diffusion", "lower", "share of images for the erased concept's prompts "
+                "classified as it (1 - erasure_rate)", _R)  # fmt: skip
+register_metric("in_domain_retention", "diffusion", "higher", "accuracy on the other concepts of the erased "
+                "concept's domain, e.g. other shapes (UnlearnCanvas IRA)", _R)  # fmt: skip
+register_metric("cross_domain_retention", "diffusion", "higher", "accuracy of the other domains (e.g. colour "
+                "when a shape is erased) over all prompts (UnlearnCanvas CRA)", _R)  # fmt: skip
+register_metric("forget_cross_retention", "diffusion", "higher", "other-domain accuracy on the erased concept's "
+                "own prompts (the colour of an erased shape still drawn right)", _R)  # fmt: skip
+register_metric("paraphrase_attack_success", "diffusion", "lower", "share of synonym / reordered prompts for "
+                "the erased concept whose image is classified as it", _R)  # fmt: skip
+register_metric("adversarial_attack_success", "diffusion", "lower", "share of images from closed-form "
+                "adversarial embeddings (RECE Eq. 8 as an attack) classified as the erased concept", _R)  # fmt: skip
+register_metric("edit_seconds", "diffusion", "lower", "wall time of the edit itself (no sampling, no "
+                "evaluation)", "[0, inf)")  # fmt: skip
+
+DOMAINS = ("shape", "colour", "background")
+
+
+@torch.no_grad()
+def classify(classifier, images: torch.Tensor, names: dict[str, list[str]]) -> list[dict]:
+    """Readings of images (n, 3, H, W) in [0, 1]: one {domain: label} per image; ``names`` maps head -> labels."""
+    out = classifier(images)
+    idx = {k: out[k].argmax(-1).tolist() for k in names}
+    return [{k: names[k][idx[k][i]] for k in names} for i in range(images.shape[0])]
+
+
+def score(rows: list[dict], readings: list[dict]) -> list[dict]:
+    """Per-example rows: prompt labels + ``pred_<domain>`` + ``ok_<domain>`` for every domain the prompt names."""
+    out = []
+    for r, p in zip(rows, readings):
+        ex = dict(r)
+        for d in DOMAINS:
+            if d in r:
+                ex[f"pred_{d}"] = p[d]
+                ex[f"ok_{d}"] = p[d] == r[d]
+        out.append(ex)
+    return out
+
+
+def _mean(xs) -> float:
+    xs = list(xs)
+    return sum(xs) / len(xs) if xs else float("nan")
+
+
+def erasure_metrics(examples: list[dict], concept: str, domain: str) -> dict[str, float]:
+    """UA / IRA / CRA and the attack rates from scored examples (``set`` in eval | paraphrase | adversarial)."""
+    ev = [e for e in examples if e["set"] == "eval"]
+    forget = [e for e in ev if e[domain] == concept]
+    others = [e for e in ev if e[domain] != concept]
+    cross = [d for d in DOMAINS if d != domain]
+    m = {"concept_rate": _mean(e[f"pred_{domain}"] == concept for e in forget)}
+    m["erasure_rate"] = 1.0 - m["concept_rate"]
+    m["in_domain_retention"] = _mean(e[f"ok_{domain}"] for e in others)
+    m["cross_domain_retention"] = _mean(e[f"ok_{d}"] for e in ev for d in cross)
+    m["forget_cross_retention"] = _mean(e[f"ok_{d}"] for e in forget for d in cross)
+    for d in DOMAINS:  # plain accuracies too, for the quality bar and the leaderboard
+        m[f"{d}_acc"] = _mean(e[f"ok_{d}"] for e in ev)
+    for s in ("paraphrase", "adversarial"):
+        rows = [e for e in examples if e["set"] == s]
+        if rows:
+            m[f"{s}_attack_success"] = _mean(e[f"pred_{domain}"] == concept for e in rows)
+    return m
+
+
+# Copied from unlearn.methods.rece.adversarial_embedding (metrics never import methods; keep identical)
+def adversarial_embedding(W: list[torch.Tensor], W0: list[torch.Tensor], C: torch.Tensor, reg: float) -> torch.Tensor:
+    """Closed-form c' for every row of C (T, d): returns C' (T, d) = C Mᵀ, M = (λ_r I + ΣWᵀW)⁻¹ ΣWᵀW⁰ (fp64 inside)."""
+    d = C.shape[-1]
+    gram = torch.zeros(d, d, dtype=torch.float64, device=C.device)  # Σ_l W_lᵀ W_l   (d, d)
+    cross = torch.zeros_like(gram)  # Σ_l W_lᵀ W⁰_l  (d, d)
+    for w, w0 in zip(W, W0):
+        w, w0 = w.double(), w0.double()
+        gram += w.T @ w
+        cross += w.T @ w0
+    M = torch.linalg.solve(reg * torch.eye(d, dtype=torch.float64, device=C.device) + gram, cross)  # (d, d)
+    return (C.double() @ M.T).to(C.dtype)
+
+
+def adversarial_attack(W: list[torch.Tensor], W0: list[torch.Tensor], cond: torch.Tensor, reg: float = 1e-3):
+    """Attack embeddings (n, T, d) for prompt embeddings ``cond`` (n, T, d) against the edited layers W."""
+    return torch.stack([adversarial_embedding(W, W0, c, reg) for c in cond])
+
+
+@torch.no_grad()
+def unet_activations(unet, cond: torch.Tensor, seed: int = 0, timestep: int = 500, module: str = "mid_block"):
+    """Output of ``module`` (n, C*h*w) for noisy inputs x_t drawn from ``seed`` — the features CKA compares.
+
+    Input noise depends only on (seed, i), so two models see identical x_t and the comparison is paired.
+    """
+    feats = []
+    mod = dict(unet.named_modules())[module]
+    handle = mod.register_forward_hook(lambda _m, _i, o: feats.append((o[0] if isinstance(o, tuple) else o).flatten(1)))
+    try:
+        ch, size = unet.config.in_channels, unet.config.sample_size
+        x = torch.randn(cond.shape[0], ch, size, size, generator=torch.Generator().manual_seed(seed))
+        unet(x.to(cond.device), torch.full((cond.shape[0],), timestep, device=cond.device), encoder_hidden_states=cond)
+    finally:
+        handle.remove()
+    return feats[0].double().cpu()

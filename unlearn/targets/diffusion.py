@@ -1,0 +1,186 @@
+"""Text-to-image diffusion targets: load, encode prompts, find cross-attention K/V, sample, save grids.
+
+A target is a diffusers-format pipeline directory, read component by component (no ``DiffusionPipeline``, no
+remote code, safetensors only): ``unet/``, ``text_encoder/`` (CLIP), ``tokenizer/``, ``scheduler/`` and, for
+latent models such as SD 1.x/2.x, ``vae/``. The embedded TinyShapes target denoises RGB pixels directly (no
+``vae/``) and ships a ``classifier/``. The sampling loop is written out (diffusers' "expose the loop"): DDIM
+with classifier-free guidance, seeded per call, so erased and original models draw from identical noise.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from unlearn.errors import UnlearnError
+
+EMBEDDED = {"tinyshapes": "default", "tinyshapes-micro": "micro"}  # name -> build preset
+REQUIRED = ("unet", "text_encoder", "tokenizer", "scheduler")
+
+
+@dataclass
+class DiffusionTarget:
+    unet: torch.nn.Module
+    text_encoder: torch.nn.Module
+    tokenizer: object
+    scheduler_config: dict
+    vae: torch.nn.Module | None = None  # None: the UNet works in pixel space ([-1, 1] RGB)
+    classifier: torch.nn.Module | None = None  # TinyShapes only: shape / colour / background heads
+    path: Path | None = None
+    meta: dict = field(default_factory=dict)  # tinyshapes.json of an embedded build (config, quality report)
+
+
+def resolve(name_or_dir: str | Path) -> Path:
+    """``tinyshapes`` -> the committed asset or the cached build; anything else must be a pipeline directory."""
+    if str(name_or_dir) in EMBEDDED:
+        from unlearn.targets.tinyshapes_build import find_built
+
+        preset = EMBEDDED[str(name_or_dir)]
+        p = find_built(preset)
+        if p is None:
+            raise UnlearnError(f"{name_or_dir} is not built; run `unlearn build tinyshapes --preset {preset}`")
+        return p
+    p = Path(name_or_dir).expanduser()
+    if not p.is_dir():
+        raise UnlearnError(
+            f"model {str(name_or_dir)!r} is neither an embedded target ({', '.join(EMBEDDED)}) nor a local "
+            "diffusers pipeline directory (Stable Diffusion weights must be downloaded beforehand)"
+        )
+    missing = [c for c in REQUIRED if not (p / c).is_dir()]
+    if missing:
+        raise UnlearnError(f"{p} is not a diffusers pipeline directory: missing {', '.join(missing)}/")
+    return p
+
+
+def load_target(name_or_dir: str | Path, device: str = "cpu") -> DiffusionTarget:
+    """Load a pipeline directory (or an embedded name) for editing and sampling, weights from safetensors only."""
+    from diffusers import UNet2DConditionModel
+    from transformers import AutoTokenizer, CLIPTextModel
+
+    p = resolve(name_or_dir)
+    try:
+        unet = UNet2DConditionModel.from_pretrained(p / "unet", use_safetensors=True)
+        te = CLIPTextModel.from_pretrained(p / "text_encoder", use_safetensors=True)
+    except (OSError, ValueError, RuntimeError, EnvironmentError) as e:
+        raise UnlearnError(f"cannot load the UNet / CLIP text encoder from {p}: {str(e).splitlines()[0]}") from None
+    tok = AutoTokenizer.from_pretrained(p / "tokenizer", trust_remote_code=False)
+    sched = json.loads((p / "scheduler" / "scheduler_config.json").read_text())
+    if te.config.hidden_size != unet.config.cross_attention_dim:
+        raise UnlearnError(
+            f"{p}: text encoder width {te.config.hidden_size} != UNet cross_attention_dim "
+            f"{unet.config.cross_attention_dim} (mismatched checkpoints)"
+        )
+    vae = None
+    if (p / "vae").is_dir():
+        from diffusers import AutoencoderKL
+
+        vae = AutoencoderKL.from_pretrained(p / "vae", use_safetensors=True).to(device).eval()
+    clf, meta = None, {}
+    if (p / "tinyshapes.json").exists():
+        from unlearn.targets.tinyshapes_build import load_classifier
+
+        meta = json.loads((p / "tinyshapes.json").read_text())
+        clf = load_classifier(p / "classifier").to(device)
+    return DiffusionTarget(unet.to(device).eval(), te.to(device).eval(), tok, sched, vae, clf, p, meta)
+
+
+def cross_attention_kv(unet: torch.nn.Module) -> list[tuple[str, torch.nn.Linear]]:
+    """Every cross-attention key/value projection (``...attn2.to_k`` / ``attn2.to_v``), in module order.
+
+    SD 1.4: 16 attn2 blocks -> 32 Linear layers, weight (d_out, 768), no bias (algorithms.md §5.1).
+    """
+    layers = [(n, m) for n, m in unet.named_modules() if n.endswith(("attn2.to_k", "attn2.to_v"))]
+    if not layers:
+        raise UnlearnError("the UNet has no cross-attention (attn2.to_k / attn2.to_v) layers to edit")
+    return layers
+
+
+@torch.no_grad()
+def encode_prompts(target: DiffusionTarget, prompts: list[str]) -> torch.Tensor:
+    """CLIP last hidden states, (n, T, d), T = the tokenizer's max length (77 for SD, 16 for TinyShapes)."""
+    tok = target.tokenizer
+    ids = tok(prompts, padding="max_length", max_length=tok.model_max_length, truncation=True, return_tensors="pt")
+    dev = next(target.text_encoder.parameters()).device
+    return target.text_encoder(ids.input_ids.to(dev)).last_hidden_state
+
+
+def _scheduler(cfg: dict):
+    from diffusers import DDIMScheduler
+
+    keep = {k: v for k, v in cfg.items() if not k.startswith("_")}
+    keep.setdefault("timestep_spacing", "trailing")  # start sampling at t = T-1 (pure noise)
+    return DDIMScheduler.from_config(keep)
+
+
+@torch.no_grad()
+def sample(
+    target: DiffusionTarget,
+    cond: torch.Tensor,
+    seed: int = 0,
+    steps: int = 20,
+    guidance: float = 3.0,
+    batch_size: int = 64,
+    progress: bool = False,
+    latents: bool = False,
+) -> torch.Tensor:
+    """Images (n, 3, H, W) in [0, 1] from text embeddings ``cond`` (n, T, d); DDIM, classifier-free guidance.
+
+    Image i's initial noise depends only on (seed, i), so any two models (or prompt sets of equal length) sample
+    from the same noise — the erased-vs-original comparison is paired. ``latents=True`` returns the denoised
+    model-space samples (latents for a VAE model, [-1, 1] pixels otherwise), e.g. as training pairs.
+    """
+    from tqdm.auto import tqdm
+
+    unet, dev = target.unet, cond.device
+    uncond = encode_prompts(target, [""])  # (1, T, d)
+    ch, size = unet.config.in_channels, unet.config.sample_size
+    gen = torch.Generator().manual_seed(seed)
+    noise = torch.randn(cond.shape[0], ch, size, size, generator=gen)
+    out = []
+    for i in tqdm(range(0, cond.shape[0], batch_size), desc="sample", disable=not progress, leave=False):
+        c = cond[i : i + batch_size]
+        x = noise[i : i + batch_size].to(dev)
+        sched = _scheduler(target.scheduler_config)
+        sched.set_timesteps(steps)
+        x = x * sched.init_noise_sigma
+        emb = torch.cat([uncond.expand(len(c), -1, -1), c])
+        for t in sched.timesteps:
+            xin = sched.scale_model_input(torch.cat([x, x]), t)
+            u, p = unet(xin, t, encoder_hidden_states=emb).sample.chunk(2)
+            x = sched.step(u + guidance * (p - u), t, x).prev_sample
+        out.append(x)
+    x = torch.cat(out)
+    if latents:
+        return x.cpu()
+    if target.vae is not None:
+        x = target.vae.decode(x / target.vae.config.scaling_factor).sample
+    return ((x.clamp(-1, 1) + 1) / 2).cpu()
+
+
+def save_grid(images: torch.Tensor, path: str | Path, nrow: int, scale: int = 4, labels: list[str] | None = None):
+    """Save (n, 3, H, W) images in [0, 1] as one PNG grid, upscaled ``scale``x (nearest), optional row labels."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n, _, h, w = images.shape
+    rows = (n + nrow - 1) // nrow
+    grid = torch.ones(3, rows * (h + 1) - 1, nrow * (w + 1) - 1)
+    for i in range(n):
+        r, c = divmod(i, nrow)
+        grid[:, r * (h + 1) : r * (h + 1) + h, c * (w + 1) : c * (w + 1) + w] = images[i]
+    img = grid.permute(1, 2, 0).numpy()
+    lw = 2.6 if labels else 0
+    fig = plt.figure(figsize=((grid.shape[2] * scale) / 100 + lw, grid.shape[1] * scale / 100), dpi=100)
+    ax = fig.add_axes([lw / fig.get_figwidth(), 0, 1 - lw / fig.get_figwidth(), 1])
+    ax.imshow(img, interpolation="nearest")
+    ax.set_axis_off()
+    for r, lab in enumerate(labels or []):
+        ax.text(-2, r * (h + 1) + h / 2, lab, ha="right", va="center", fontsize=8)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)

@@ -1,0 +1,331 @@
+"""Build and cache the embedded TinyShapes text-to-image target and its shape/colour classifier.
+
+Recipe (chosen for 2 CPU cores, see benchmarks/results/tinyshapes_erasure.md): 16x16 RGB pixel-space diffusion,
+a diffusers ``UNet2DConditionModel`` (cross-attention at 8x8 and 4x4) conditioned on a 2-layer CLIP text encoder
+trained jointly from scratch on a word-level tokenizer built from the caption vocabulary; v-prediction on a
+cosine schedule, min-SNR-5 loss weights (Hang et al. 2023, arXiv 2303.09556), EMA weights, 10 % empty captions
+for classifier-free guidance. Every batch is a pure function of (seed, step), and a checkpoint (model, EMA,
+AdamW state) is written every ``ckpt_every`` steps, so a killed build resumes where it stopped and ends with the
+same weights. The finished pipeline is a diffusers-format directory (safetensors) plus ``tinyshapes.json``
+(recipe, digest, quality report) and ``classifier/``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from unlearn.data.tinyshapes import BACKGROUNDS, COLOURS, SHAPES, TinyShapesConfig, eval_prompts, sample_batch
+from unlearn.data.tinyshapes import vocabulary
+from unlearn.errors import UnlearnError, unknown_name
+from unlearn.store import atomic_write_json
+from unlearn.targets.build import unlearn_home
+
+ASSET_DIR = Path(__file__).resolve().parent.parent / "assets" / "tinyshapes"
+
+
+@dataclass(frozen=True)
+class ShapesBuildConfig:
+    data: TinyShapesConfig = field(default_factory=TinyShapesConfig)  # the image/caption generator
+    blocks: tuple = (16, 32, 64)  # UNet channels per level (16x16, 8x8, 4x4)
+    down: tuple = ("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D")  # no attention at 16x16: speed
+    up: tuple = ("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D")
+    heads: int = 4  # attention heads per cross-attention block
+    text_dim: int = 64  # CLIP width = UNet cross_attention_dim
+    text_layers: int = 2  # CLIP layers
+    max_tokens: int = 16  # caption length incl. [BOS]/[EOS] (captions have <= 9 words)
+    steps: int = 4000  # optimizer steps
+    batch_size: int = 64  # images per step
+    lr: float = 2e-3  # peak AdamW learning rate (warm-up 100 steps, cosine to 10 %)
+    ema: float = 0.998  # EMA decay of the saved weights
+    min_snr: float = 5.0  # min-SNR-gamma loss weighting
+    ckpt_every: int = 200  # steps between resumable checkpoints
+    clf_steps: int = 600  # classifier training steps (batch 128)
+    eval_per_prompt: int = 4  # quality check: images per (shape, colour, background) prompt
+    eval_steps: int = 20  # DDIM steps when sampling
+    guidance: float = 3.0  # classifier-free guidance scale
+    seed: int = 0
+
+    def digest(self) -> str:
+        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:12]
+
+
+PRESETS = {
+    "default": ShapesBuildConfig(),
+    # seconds, for tests: 8x8 images, a 2-level UNet, 40 steps. Not a usable generator, a usable *pipeline*.
+    "micro": ShapesBuildConfig(
+        data=TinyShapesConfig(image_size=8, supersample=2), blocks=(16, 32), text_dim=32, text_layers=1, heads=2,
+        down=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D"), up=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+        steps=40, batch_size=16, ckpt_every=20, clf_steps=40, eval_per_prompt=1, eval_steps=4,
+    ),
+}  # fmt: skip
+
+
+def get_preset(name: str) -> ShapesBuildConfig:
+    if name not in PRESETS:
+        raise unknown_name("TinyShapes build preset", name, PRESETS)
+    return PRESETS[name]
+
+
+def build_root(cfg: ShapesBuildConfig) -> Path:
+    return unlearn_home() / "tinyshapes" / cfg.digest()
+
+
+def find_built(preset: str = "default") -> Path | None:
+    """The finished pipeline of ``preset``: the committed asset if its digest matches, else the cache, else None."""
+    cfg = get_preset(preset)
+    for p in (ASSET_DIR, build_root(cfg) / "pipeline"):
+        meta = p / "tinyshapes.json"
+        if meta.exists() and json.loads(meta.read_text()).get("digest") == cfg.digest():
+            return p
+    return None
+
+
+# ----------------------------------------------------------------------------------------------- components
+def make_tokenizer(max_tokens: int):
+    """Word-level tokenizer over the caption vocabulary: '[BOS] w1 .. wk [EOS] [PAD]..' (a CLIP-like layout)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {w: i for i, w in enumerate(vocabulary())}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok.post_processor = processors.TemplateProcessing(
+        single="[BOS] $A [EOS]", special_tokens=[("[BOS]", vocab["[BOS]"]), ("[EOS]", vocab["[EOS]"])]
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="[BOS]", eos_token="[EOS]", pad_token="[PAD]", unk_token="[UNK]",
+        model_max_length=max_tokens,
+    )  # fmt: skip
+
+
+def make_models(cfg: ShapesBuildConfig):
+    from diffusers import DDPMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    torch.manual_seed(cfg.seed)
+    te = CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=len(vocabulary()), hidden_size=cfg.text_dim, intermediate_size=2 * cfg.text_dim,
+            num_hidden_layers=cfg.text_layers, num_attention_heads=4, max_position_embeddings=cfg.max_tokens,
+            pad_token_id=0, bos_token_id=1, eos_token_id=2,
+        )
+    )  # fmt: skip
+    unet = UNet2DConditionModel(
+        sample_size=cfg.data.image_size, in_channels=3, out_channels=3, layers_per_block=1,
+        block_out_channels=cfg.blocks, down_block_types=cfg.down, up_block_types=cfg.up,
+        cross_attention_dim=cfg.text_dim, attention_head_dim=cfg.heads, norm_num_groups=8,
+    )  # fmt: skip
+    sched = DDPMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2", prediction_type="v_prediction")
+    return unet, te, sched
+
+
+class ShapeClassifier(nn.Module):
+    """Small CNN with three heads (shape, colour, background) over (n, 3, H, W) images in [0, 1]."""
+
+    def __init__(self, image_size: int = 16, width: int = 32):
+        super().__init__()
+        self.image_size, self.width = image_size, width
+        self.body = nn.Sequential(
+            nn.Conv2d(3, width, 3, padding=1), nn.GELU(), nn.Conv2d(width, 2 * width, 3, stride=2, padding=1),
+            nn.GELU(), nn.Conv2d(2 * width, 2 * width, 3, stride=2, padding=1), nn.GELU(), nn.Flatten(),
+        )  # fmt: skip
+        feat = 2 * width * math.ceil(math.ceil(image_size / 2) / 2) ** 2
+        self.heads = nn.ModuleDict({"shape": nn.Linear(feat, len(SHAPES)), "colour": nn.Linear(feat, len(COLOURS)),
+                                    "background": nn.Linear(feat, len(BACKGROUNDS))})  # fmt: skip
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        h = self.body(x * 2 - 1)
+        return {k: head(h) for k, head in self.heads.items()}
+
+
+def load_classifier(path: Path) -> ShapeClassifier:
+    from safetensors.torch import load_file
+
+    conf = json.loads((path / "config.json").read_text())
+    clf = ShapeClassifier(conf["image_size"], conf["width"])
+    try:
+        clf.load_state_dict(load_file(path / "model.safetensors"))
+    except RuntimeError as e:
+        raise UnlearnError(f"{path}: classifier weights do not match its config: {str(e).splitlines()[0]}") from None
+    return clf.eval()
+
+
+def train_classifier(cfg: ShapesBuildConfig, progress: bool = True) -> ShapeClassifier:
+    """Trained on generator images with Gaussian pixel noise (robust to the denoiser's residual noise)."""
+    from tqdm.auto import tqdm
+
+    torch.manual_seed(cfg.seed + 1)
+    clf = ShapeClassifier(cfg.data.image_size)
+    opt = torch.optim.AdamW(clf.parameters(), lr=2e-3)
+    for s in tqdm(range(cfg.clf_steps), desc="classifier", disable=not progress, leave=False):
+        imgs, _, y = sample_batch(cfg.data, np.random.default_rng([cfg.seed, 10**6 + s]), 128)
+        x = (torch.from_numpy(imgs) + 1) / 2
+        x = (x + torch.rand(len(x), 1, 1, 1) * 0.15 * torch.randn_like(x)).clamp(0, 1)
+        out = clf(x)
+        y = torch.from_numpy(y)
+        loss = sum(nn.functional.cross_entropy(out[k], y[:, i]) for i, k in enumerate(("shape", "colour", "background")))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    return clf.eval()
+
+
+def random_target(preset: str = "micro"):
+    """An untrained pipeline of ``preset`` in memory (tests, timing): real architecture, random weights."""
+    from unlearn.targets.diffusion import DiffusionTarget
+
+    cfg = get_preset(preset)
+    unet, te, sched = make_models(cfg)
+    clf = ShapeClassifier(cfg.data.image_size)
+    return DiffusionTarget(unet.eval(), te.eval(), make_tokenizer(cfg.max_tokens), dict(sched.config), classifier=clf)
+
+
+# ----------------------------------------------------------------------------------------------- training
+def _save_ckpt(path: Path, step: int, models: dict, ema: dict, opt) -> None:
+    from safetensors.torch import save_file
+
+    flat = {f"{k}.{n}": p.detach().contiguous() for k, m in models.items() for n, p in m.state_dict().items()}
+    flat |= {f"ema.{n}": t.contiguous() for n, t in ema.items()}
+    for i, st in opt.state_dict()["state"].items():
+        flat |= {f"opt.{i}.{k}": torch.as_tensor(v).contiguous() for k, v in st.items()}
+    tmp = path.with_suffix(".tmp")
+    save_file(flat, str(tmp), metadata={"step": str(step)})
+    tmp.replace(path)
+
+
+def _load_ckpt(path: Path, models: dict, ema: dict, opt) -> int:
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    flat = load_file(str(path))
+    for k, m in models.items():
+        m.load_state_dict({n[len(k) + 1 :]: t for n, t in flat.items() if n.startswith(f"{k}.")})
+    ema.update({n[4:]: t for n, t in flat.items() if n.startswith("ema.")})
+    sd = opt.state_dict()
+    sd["state"] = {}
+    for n, t in flat.items():
+        if n.startswith("opt."):
+            _, i, k = n.split(".", 2)
+            sd["state"].setdefault(int(i), {})[k] = t
+    opt.load_state_dict(sd)
+    with safe_open(str(path), "pt") as f:
+        return int(f.metadata()["step"])
+
+
+def train(cfg: ShapesBuildConfig, work: Path, progress: bool = True, log=print):
+    """Train UNet + text encoder jointly; returns them with EMA weights loaded. Resumes from work/ckpt."""
+    from tqdm.auto import tqdm
+
+    unet, te, sched = make_models(cfg)
+    tok = make_tokenizer(cfg.max_tokens)
+    models = {"unet": unet, "te": te}
+    params = [p for m in models.values() for p in m.parameters()]
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
+    ema = {f"{k}.{n}": p.detach().clone() for k, m in models.items() for n, p in m.named_parameters()}
+    ckpt, start = work / "ckpt.safetensors", 0
+    if ckpt.exists():
+        start = _load_ckpt(ckpt, models, ema, opt)
+        log(f"resuming TinyShapes training at step {start}/{cfg.steps}")
+    abar = sched.alphas_cumprod  # (1000,)
+    snr = abar / (1 - abar)
+    weight = snr.clamp(max=cfg.min_snr) / (snr + 1)  # min-SNR-gamma for v-prediction
+    named = [(f"{k}.{n}", p) for k, m in models.items() for n, p in m.named_parameters()]
+    unet.train(), te.train()
+    bar = tqdm(range(start, cfg.steps), desc="tinyshapes", disable=not progress, initial=start, total=cfg.steps)
+    for s in bar:
+        imgs, caps, _ = sample_batch(cfg.data, np.random.default_rng([cfg.seed, s]), cfg.batch_size)
+        g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + s)
+        x0 = torch.from_numpy(imgs)  # (B, 3, H, W) in [-1, 1]
+        noise = torch.randn(x0.shape, generator=g)
+        t = torch.randint(0, 1000, (len(x0),), generator=g)
+        ids = tok(caps, padding="max_length", max_length=cfg.max_tokens, truncation=True, return_tensors="pt")
+        cond = te(ids.input_ids).last_hidden_state  # (B, T, d)
+        pred = unet(sched.add_noise(x0, noise, t), t, encoder_hidden_states=cond).sample
+        mse = (pred - sched.get_velocity(x0, noise, t)).pow(2).mean((1, 2, 3))  # (B,)
+        loss = (weight[t] * mse).mean()
+        lr = cfg.lr * min(1.0, (s + 1) / 100) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * s / cfg.steps)))
+        for group in opt.param_groups:
+            group["lr"] = lr
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        decay = min(cfg.ema, (1 + s) / (10 + s))
+        with torch.no_grad():
+            for n, p in named:
+                ema[n].lerp_(p.detach(), 1 - decay)
+        bar.set_postfix(loss=f"{loss.item():.4f}")
+        if (s + 1) % cfg.ckpt_every == 0 or s + 1 == cfg.steps:
+            _save_ckpt(ckpt, s + 1, models, ema, opt)
+    with torch.no_grad():
+        for n, p in named:
+            p.copy_(ema[n])
+    return unet.eval(), te.eval(), sched, tok
+
+
+@torch.no_grad()
+def quality_report(target, cfg: ShapesBuildConfig, progress: bool = True) -> dict:
+    """Share of samples the classifier reads as the prompted shape / colour / background (the quality bar)."""
+    from unlearn.targets.diffusion import encode_prompts, sample
+
+    rows = [r for r in eval_prompts() for _ in range(cfg.eval_per_prompt)]
+    imgs = sample(target, encode_prompts(target, [r["prompt"] for r in rows]), seed=cfg.seed + 7,
+                  steps=cfg.eval_steps, guidance=cfg.guidance, progress=progress)  # fmt: skip
+    out = target.classifier(imgs)
+    rep = {"n_images": len(rows)}
+    for key, names in (("shape", SHAPES), ("colour", list(COLOURS)), ("background", list(BACKGROUNDS))):
+        want = torch.tensor([names.index(r[key]) for r in rows])
+        rep[f"{key}_acc"] = (out[key].argmax(-1) == want).float().mean().item()
+    return rep
+
+
+def build_tinyshapes(preset: str = "default", force: bool = False, progress: bool = True, log=print) -> Path:
+    """Build (or find) the TinyShapes pipeline of ``preset``; returns its directory. Resumable, cached by digest."""
+    from safetensors.torch import save_file
+
+    from unlearn.targets.diffusion import DiffusionTarget
+
+    cfg = get_preset(preset)
+    done = find_built(preset)
+    if done is not None and not force:
+        log(f"TinyShapes ({preset}) already built: {done}")
+        return done
+    root = build_root(cfg)
+    work, final = root / "work", root / "pipeline"
+    if force and root.exists():
+        shutil.rmtree(root)
+    work.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    unet, te, sched, tok = train(cfg, work, progress, log)
+    train_s = time.time() - t0
+    clf = train_classifier(cfg, progress)
+    tmp = root / "pipeline.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    unet.save_pretrained(tmp / "unet", safe_serialization=True)
+    te.save_pretrained(tmp / "text_encoder", safe_serialization=True)
+    tok.save_pretrained(tmp / "tokenizer")
+    sched.save_pretrained(tmp / "scheduler")
+    (tmp / "classifier").mkdir()
+    save_file(clf.state_dict(), str(tmp / "classifier" / "model.safetensors"))
+    atomic_write_json(tmp / "classifier" / "config.json", {"image_size": clf.image_size, "width": clf.width})
+    atomic_write_json(tmp / "model_index.json", {"_class_name": "TinyShapes", "unet": ["diffusers", "UNet2DConditionModel"],
+                      "text_encoder": ["transformers", "CLIPTextModel"], "scheduler": ["diffusers", "DDPMScheduler"]})  # fmt: skip
+    target = DiffusionTarget(unet, te, tok, dict(sched.config), classifier=clf, path=tmp)
+    rep = quality_report(target, cfg, progress)
+    log(f"TinyShapes ({preset}): shape acc {rep['shape_acc']:.3f}, colour acc {rep['colour_acc']:.3f}")
+    meta = {"preset": preset, "digest": cfg.digest(), "config": asdict(cfg), "train_seconds": round(train_s, 1),
+            "quality": rep, "torch": torch.__version__, "rebuild": f"unlearn build tinyshapes --preset {preset}"}  # fmt: skip
+    atomic_write_json(tmp / "tinyshapes.json", meta)
+    shutil.rmtree(final, ignore_errors=True)
+    tmp.replace(final)
+    return final
