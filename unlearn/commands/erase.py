@@ -13,6 +13,7 @@ def register(subparsers) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="runs", help="runs root (default: runs)")
     p.add_argument("--images-per-prompt", type=int, default=2, help="evaluation images per prompt (default: 2)")
+    p.add_argument("--sample-steps", type=int, default=20, help="DDIM steps per image (default: 20)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="method option, e.g. --set rounds=3 --set reg=0.1 (repeatable)")  # fmt: skip
     p.add_argument("--force", action="store_true", help="re-run a finished run")
@@ -33,7 +34,7 @@ def run(args) -> int:
         overrides[k.strip()] = v.strip()
     cfg = EraseConfig(
         model=args.model, method=args.method, concept=args.concept, seed=args.seed, out=args.out,
-        images_per_prompt=args.images_per_prompt, overrides=overrides, force=args.force,
+        images_per_prompt=args.images_per_prompt, sample_steps=args.sample_steps, overrides=overrides, force=args.force,
         progress=not args.no_progress,
     )  # fmt: skip
     rdir = run_erase(cfg)

@@ -73,15 +73,18 @@ def check_weights_dir(path: Path) -> None:
     raise UnlearnError(f"{path}: no *.safetensors weights found")
 
 
-def resolve_model_dir(name: str) -> tuple[str, bool]:
+def resolve_model_dir(name: str, weights: bool = True) -> tuple[str, bool]:
     """Return (name-or-path to pass to from_pretrained, is_local). Local dirs are checked for safe weights."""
     p = Path(name).expanduser()
     if p.exists():
         if not p.is_dir():
             raise UnlearnError(f"{name}: a model must be a directory in Hugging Face format, not a file")
-        if not (p / "config.json").exists():
+        if weights and not (p / "config.json").exists():
             raise UnlearnError(f"{name}: no config.json (not a Hugging Face model directory)")
-        check_weights_dir(p)
+        if weights:
+            check_weights_dir(p)
+        elif not (p / "tokenizer.json").exists() and not (p / "tokenizer_config.json").exists():
+            raise UnlearnError(f"{name}: no tokenizer files (tokenizer.json / tokenizer_config.json)")
         return str(p), True
     if _looks_local(name):
         raise UnlearnError(f"model directory not found: {name}")
@@ -95,7 +98,7 @@ def _offline() -> bool:
 def load_tokenizer(name: str):
     from transformers import AutoTokenizer
 
-    src, local = resolve_model_dir(name)
+    src, local = resolve_model_dir(name, weights=False)
     try:
         tok = AutoTokenizer.from_pretrained(src, trust_remote_code=False, local_files_only=local or _offline())
     except (OSError, ValueError) as e:
@@ -244,14 +247,48 @@ def sequence_logps(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 class SequenceLogProbs(nn.Module):
-    """Wraps a causal LM so that forward() returns (seq_logp, n_tokens); what DDP / accelerate wrap in training."""
+    """Wraps a causal LM so that one forward returns per-sequence answer log-probs (what DDP / accelerate wrap).
+
+    forward(input_ids, attention_mask, labels, full_logits=False) -> dict with ``seq_logp`` (B,), ``n_tokens`` (B,),
+    ``logits`` (N, V) at answer positions, ``row`` (N,), and ``full_logits`` (B, T, V) when asked for.
+    """
 
     def __init__(self, lm: nn.Module):
         super().__init__()
         self.lm = lm
 
-    def forward(self, input_ids, attention_mask, labels):
-        return sequence_logps(self.lm, {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels})
+    def forward(self, input_ids, attention_mask, labels, full_logits: bool = False):
+        batch = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+        if full_logits:
+            full = self.lm(input_ids=input_ids, attention_mask=attention_mask).logits  # (B, T, V)
+            mask = labels[:, 1:] != IGNORE
+            logits = full[:, :-1][mask]
+            row = torch.arange(labels.shape[0], device=labels.device)[:, None].expand_as(mask)[mask]
+            targets = labels[:, 1:][mask]
+        else:
+            full = None
+            logits, targets, row = answer_token_logits(self.lm, batch)
+        lp = token_logps(logits, targets)
+        B = labels.shape[0]
+        seq = torch.zeros(B, dtype=lp.dtype, device=lp.device).index_add(0, row, lp)
+        n = torch.zeros(B, dtype=torch.long, device=lp.device).index_add(0, row, torch.ones_like(row))
+        return {"seq_logp": seq, "n_tokens": n, "logits": logits, "row": row, "full_logits": full}
+
+
+def split_output(out: dict, sizes: list[int]) -> list[dict]:
+    """Split a SequenceLogProbs output over a concatenated batch back into its parts (by sequence counts)."""
+    parts, start = [], 0
+    for b in sizes:
+        sel = (out["row"] >= start) & (out["row"] < start + b)
+        parts.append({
+            "seq_logp": out["seq_logp"][start : start + b],
+            "n_tokens": out["n_tokens"][start : start + b],
+            "logits": out["logits"][sel],
+            "row": out["row"][sel] - start,
+            "full_logits": None if out["full_logits"] is None else out["full_logits"][start : start + b],
+        })
+        start += b
+    return parts
 
 
 # ----------------------------------------------------------------------------------------------- generation

@@ -1,0 +1,36 @@
+"""Gradient Ascent (GA): ascend the language-modelling loss of the forget answers.
+
+TOFU (Maini et al. 2024, https://arxiv.org/abs/2401.06121) and open-unlearning ``GradAscent``:
+``L = -NLL_mean(forget batch)`` where ``NLL_mean`` is the token mean over every answer token of the batch
+(algorithms.md §1.1). Retain data is loaded by the loop but unused. With ``retain != none`` this is GradDiff;
+use ``--method graddiff`` for that.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from unlearn.methods import register_method
+
+
+@dataclass
+class GAConfig:
+    forget_weight: float = 1.0  # scale of the ascent term (TOFU: 1)
+
+
+def ga_loss(forget_logp: torch.Tensor, total_tokens: float | torch.Tensor) -> torch.Tensor:
+    """Negative token-mean NLL of the forget answers: ``sum_b log p(y_b|x_b) / sum_b |y_b|``.
+
+    Minimising it ascends the forget NLL. ``forget_logp`` (B,) holds per-sequence *summed* answer log-probs;
+    ``total_tokens`` is the number of answer tokens of the whole (global) batch, so that micro-batches add up.
+    """
+    return forget_logp.sum() / total_tokens
+
+
+@register_method("ga", GAConfig, "Gradient ascent on the forget set (token-mean NLL, TOFU)")
+def step(ctx, batch: dict, cfg: GAConfig):
+    out = ctx.policy(batch["forget"])
+    loss = cfg.forget_weight * ga_loss(out["seq_logp"], ctx.norm["forget_tokens"])
+    return loss, {"forget_logp": (out["seq_logp"].sum() / out["n_tokens"].sum()).item()}
