@@ -119,21 +119,32 @@ def load_causal_lm(name: str, dtype: torch.dtype | None = None, device: str | to
         raise _missing(name, e) from None
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
-    if config.model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
+    archs = config.architectures or []
+    causal_arch = not archs or any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in archs)
+    if config.model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES or not causal_arch:
         raise UnlearnError(
             f"{name}: architecture {config.model_type!r} is not a causal language model "
             f"(architectures: {', '.join(config.architectures or ['?'])})"
         )
     try:
-        model = AutoModelForCausalLM.from_pretrained(
+        model, info = AutoModelForCausalLM.from_pretrained(
             src,
             trust_remote_code=False,
             use_safetensors=True,
             local_files_only=local or _offline(),
             dtype=dtype or torch.float32,
+            output_loading_info=True,
         )
     except (OSError, ValueError) as e:
         raise _missing(name, e) from None
+    missing = sorted(info.get("missing_keys") or [])
+    mismatched = info.get("mismatched_keys") or []
+    if missing or mismatched:
+        what = missing[:3] if missing else [str(m[0]) for m in mismatched[:3]]
+        raise UnlearnError(
+            f"{name}: the weights do not match the {config.model_type} architecture "
+            f"({len(missing)} missing, {len(mismatched)} mismatched tensors, e.g. {', '.join(what)})"
+        )
     if device is not None:
         model.to(device)
     model.eval()

@@ -1,0 +1,90 @@
+"""End to end through the command line on the micro target: run dirs, refusal to overwrite, one-line errors."""
+
+import json
+
+import pytest
+
+from unlearn.cli import main
+
+
+def _run(args, capsys):
+    rc = main(args)
+    out = capsys.readouterr()
+    return rc, out.out, out.err
+
+
+@pytest.fixture(scope="module")
+def npo_run(micro_target, tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs")
+    rc = main(["run", "--method", "npo", "--model", "tiny-micro", "--out", str(out), "--no-progress",
+               "--set", "epochs=4"])
+    assert rc == 0
+    return out / "tinyfacts" / "tiny-micro" / "npo" / "forget10" / "seed0"
+
+
+def test_run_writes_the_run_directory(npo_run, micro_target):
+    for f in ("config.json", "metrics.json", "examples.jsonl", "trace.jsonl", "status.json"):
+        assert (npo_run / f).exists(), f
+    m = json.loads((npo_run / "metrics.json").read_text())
+    assert m["schema_version"] == 1
+    for s in ("forget", "retain", "world_facts", "arithmetic"):
+        for k in ("acc", "prob", "rougeL_recall"):
+            assert 0 <= m[f"{s}_{k}"] <= 1
+    target = json.loads((micro_target / "target" / "build.json").read_text())["accuracy"]
+    assert m["forget_acc"] < target["forget10"]  # unlearning moved the model
+    assert m["cost_steps"] == 4 and m["cost_tokens"] > 0
+    cfg = json.loads((npo_run / "config.json").read_text())
+    assert cfg["method_config"]["beta"] == 0.1 and cfg["train_config"]["epochs"] == 4
+    trace = [json.loads(line) for line in (npo_run / "trace.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in trace] == [1, 2, 3, 4]
+    assert {"loss", "lr", "grad_norm", "tokens_per_s", "forget_logp", "retain_logp"} <= set(trace[0])
+    assert not (npo_run / "checkpoint").exists()  # resume state is removed once the run is finished
+
+
+def test_rerun_refuses_without_force(npo_run, capsys):
+    out = npo_run.parents[4]
+    before = (npo_run / "metrics.json").read_text()
+    rc, _, err = _run(["run", "--method", "npo", "--model", "tiny-micro", "--out", str(out), "--no-progress",
+                       "--set", "epochs=4"], capsys)
+    assert rc == 2 and "already finished" in err and "--force" in err
+    assert (npo_run / "metrics.json").read_text() == before  # nothing overwritten
+
+
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (["run", "--method", "nope"], "unknown method 'nope'; valid: "),
+        (["run", "--split", "forget42"], "unknown split 'forget42'; valid: forget01, forget05, forget10"),
+        (["run", "--benchmark", "muse"], "unknown benchmark 'muse'"),
+        (["run", "--set", "lr=fast"], "--set lr=fast: expected float"),
+        (["run", "--model", "/no/such/model"], "model directory not found"),
+        (["list", "things"], "unknown list 'things'"),
+        (["build", "tinycats"], "unknown target 'tinycats'"),
+    ],
+)
+def test_user_errors_are_one_line_exit_2(args, words, capsys, micro_target, tmp_path):
+    rc, _, err = _run([*args, "--out", str(tmp_path)] if args[0] == "run" else args, capsys)
+    assert rc == 2
+    assert words in err
+    assert err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_malformed_forget_file(capsys, micro_target, tmp_path):
+    bad = tmp_path / "f.jsonl"
+    bad.write_text('{"question": "q", "answer": "a"}\n{"question": "q2", "answer": \n')
+    rc, _, err = _run(["run", "--model", "tiny-micro", "--forget", str(bad), "--out", str(tmp_path / "r"),
+                       "--no-progress"], capsys)
+    assert rc == 2 and f"{bad}:2: malformed JSON" in err
+    assert not (tmp_path / "r" / "tinyfacts" / "tiny-micro" / "npo" / "forget10" / "seed0" / "metrics.json").exists()
+
+
+def test_eval_and_list(capsys, micro_target, tmp_path):
+    rc, out, _ = _run(["eval", "--model", "tiny-micro", "--suite", "basic", "--out", str(tmp_path / "e")], capsys)
+    assert rc == 0 and "forget_acc" in out
+    m = json.loads((tmp_path / "e" / "metrics.json").read_text())
+    assert m["forget_acc"] >= 0.9 and "retain_rougeL_recall" in m
+    rc, _, err = _run(["eval", "--model", "tiny-micro", "--suite", "basic", "--out", str(tmp_path / "e")], capsys)
+    assert rc == 2 and "exists" in err
+    for what, word in (("methods", "npo"), ("metrics", "forget_quality"), ("models", "llama-1b")):
+        rc, out, _ = _run(["list", what], capsys)
+        assert rc == 0 and word in out

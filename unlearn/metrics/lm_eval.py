@@ -1,0 +1,225 @@
+"""Bridge to lm-evaluation-harness (family ``lm_eval``): run lm-eval tasks on the in-memory model under evaluation.
+
+Two kinds of task:
+
+* **Built-in** ``tinyfacts_{forget,retain,world_facts,arithmetic}_mc``: cloze multiple choice over the evaluated
+  sets (the reference answer against the record's perturbed values). Their YAMLs live in
+  ``benchmarks/lm_eval_tasks/``; at run time the data are written as JSONL under
+  ``$UNLEARN_HOME/lm_eval_tasks/<content hash>/`` and the YAMLs copied next to them with absolute ``data_files``
+  (lm-eval resolves relative data paths against the current directory, not the YAML's). The task index is built
+  with ``include_defaults=False`` (instant; the default index of ~14k YAMLs takes ~10 s).
+* **Any other lm-eval task** (``mmlu``, ``wmdp_bio`` ...): looked up in lm-eval's default index. Offline, its
+  dataset must already be in the Hugging Face datasets cache.
+
+The model is passed as an object (``HFLM(pretrained=model, tokenizer=tok)``), never saved and re-loaded. lm-eval
+does not shard an in-memory model across processes, so under several processes the main one evaluates and the
+result is broadcast to the others (call `run_lm_eval` on every process).
+
+Result keys: ``lm_eval_<task>_<metric>`` (e.g. ``lm_eval_tinyfacts_forget_mc_acc``), lm-eval's filter suffix
+(``,none``) dropped and other filters appended (``_strict-match``); standard errors are not reported.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+from pathlib import Path
+
+from unlearn.errors import UnlearnError
+from unlearn.metrics import register_metric
+
+# built-in task -> the evaluation set it is made from
+BUILTIN_TASKS = {
+    "tinyfacts_forget_mc": "forget",
+    "tinyfacts_retain_mc": "retain",
+    "tinyfacts_world_facts_mc": "world_facts",
+    "tinyfacts_arithmetic_mc": "arithmetic",
+}
+TASK_DIR = Path(__file__).resolve().parents[2] / "benchmarks" / "lm_eval_tasks"
+TEMPLATE = "_tinyfacts_mc_template.yaml"
+
+for _task, _set in BUILTIN_TASKS.items():
+    _where = {"forget": "the forget set", "retain": "the retain evaluation set", "world_facts": "world facts",
+              "arithmetic": "held-out arithmetic"}[_set]
+    _dir = "oracle" if _set == "forget" else "higher"
+    _tail = " Best when closest to the retain-only oracle's value." if _set == "forget" else " Higher is better."
+    register_metric(f"lm_eval_{_task}_acc", "lm_eval", _dir, f"lm-eval multiple-choice accuracy on {_where}: share "
+                    "of questions whose reference answer has the highest log-likelihood among it and the perturbed "
+                    f"values (cloze, 0-shot).{_tail}", "[0, 1]")
+    register_metric(f"lm_eval_{_task}_acc_norm", "lm_eval", _dir, f"lm-eval multiple-choice accuracy on {_where} "
+                    f"with log-likelihoods normalised by the choice's length in bytes.{_tail}", "[0, 1]")
+
+
+# ----------------------------------------------------------------------------------------------- task data
+def option_values(rec: dict) -> list[str]:
+    """The wrong options of a record, in the same form as its ``answer``.
+
+    TinyFacts' perturbed answers are framed like its paraphrased answer ("born in Karth" vs "born in Velmora"),
+    while the answer is the bare value ("Velmora"): when every perturbed answer shares the paraphrase's frame, the
+    frame is stripped. Otherwise (TOFU: full-sentence answers and perturbations) they are used as they are.
+    """
+    ans, para, pert = rec["answer"], rec.get("paraphrased_answer") or "", list(rec.get("perturbed_answer") or [])
+    if ans and ans in para:
+        pre, post = para.split(ans, 1)
+        if pre or post:
+            if all(p.startswith(pre) and p.endswith(post) and len(p) > len(pre) + len(post) for p in pert):
+                pert = [p[len(pre) : len(p) - len(post)] for p in pert]
+    return [p for p in dict.fromkeys(pert) if p != ans]
+
+
+def mc_docs(records: list[dict]) -> list[dict]:
+    """Records -> lm-eval docs ``{"question", "choices", "answer": index}``; records without options are skipped.
+
+    The choice order is shuffled with a seed derived from the question, so it is fixed across runs and the
+    reference is not always first (lm-eval's argmax resolves ties towards the first choice).
+    """
+    docs = []
+    for r in records:
+        opts = option_values(r)
+        if not opts:
+            continue
+        choices = [r["answer"], *opts]
+        rng = random.Random(int(hashlib.sha256(r["question"].encode()).hexdigest()[:8], 16))
+        rng.shuffle(choices)
+        docs.append({"question": r["question"], "choices": choices, "answer": choices.index(r["answer"])})
+    return docs
+
+
+def default_sets() -> dict[str, list[dict]]:
+    """The TinyFacts default sets (forget10, the retain evaluation entities, world facts, arithmetic), generated."""
+    from unlearn.data.tinyfacts import generate
+    from unlearn.targets.build import get_preset
+
+    cfg = get_preset("default").data
+    s = generate(cfg)
+    ents = list(dict.fromkeys(r["entity"] for r in s["retain90"]))[: max(1, round(cfg.n_entities * 0.1))]
+    retain = [r for r in s["retain90"] if r["entity"] in set(ents)]
+    return {"forget": s["forget10"], "retain": retain, "world_facts": s["world_facts"], "arithmetic": s["arithmetic"]}
+
+
+def write_builtin_tasks(tasks: list[str], sets: dict[str, list[dict]], root: Path | None = None) -> Path:
+    """Write the data of the built-in ``tasks`` and their YAMLs (absolute ``data_files``) into one folder.
+
+    Returns:
+        the folder, ``<root>/<hash of the data>/`` (``root`` defaults to ``$UNLEARN_HOME/lm_eval_tasks``); the same
+        data always map to the same folder, so concurrent runs never overwrite each other's files.
+    """
+    import yaml
+
+    from unlearn.store import atomic_write_jsonl, atomic_write_text
+
+    if not (TASK_DIR / TEMPLATE).exists():
+        raise UnlearnError(f"lm-eval task YAMLs not found in {TASK_DIR} (run from a source checkout of unlearn)")
+    docs = {}
+    for t in tasks:
+        name = BUILTIN_TASKS[t]
+        if not sets.get(name):
+            raise UnlearnError(f"lm-eval task {t} needs the {name!r} set, which this benchmark does not have")
+        docs[t] = mc_docs(sets[name])
+        if not docs[t]:
+            raise UnlearnError(f"lm-eval task {t}: no record of the {name!r} set has perturbed answers")
+    if root is None:
+        from unlearn.targets.build import unlearn_home
+
+        root = unlearn_home() / "lm_eval_tasks"
+    d = Path(root) / hashlib.sha256(json.dumps(docs, sort_keys=True).encode()).hexdigest()[:16]
+    atomic_write_text(d / TEMPLATE, (TASK_DIR / TEMPLATE).read_text())
+    for t, rows in docs.items():
+        data = d / f"{t}.jsonl"
+        atomic_write_jsonl(data, rows)
+        cfg = yaml.safe_load((TASK_DIR / f"{t}.yaml").read_text())
+        cfg["dataset_kwargs"]["data_files"] = {"test": str(data.resolve())}
+        atomic_write_text(d / f"{t}.yaml", yaml.safe_dump(cfg, sort_keys=False))
+    return d
+
+
+# ----------------------------------------------------------------------------------------------- running
+def run_lm_eval(model, tokenizer, tasks: list[str], sets: dict[str, list[dict]] | None = None,
+                batch_size: int = 16, limit: int | None = None) -> dict[str, float]:
+    """Run lm-eval ``tasks`` on an in-memory causal LM.
+
+    Args:
+        model: a transformers causal LM (wrappers such as DDP are unwrapped); evaluated on its own device.
+        tokenizer: its tokenizer.
+        tasks: built-in ``tinyfacts_*_mc`` names and/or any lm-eval task or group name.
+        sets: evaluation sets ``{"forget": [...], "retain": [...], ...}`` (TOFU schema) that the built-in tasks are
+            made from; None generates the TinyFacts default sets.
+        batch_size: lm-eval batch size.
+        limit: evaluate only the first ``limit`` documents of each task (for quick checks).
+
+    Returns:
+        ``{"lm_eval_<task>_<metric>": value}`` — identical on every process.
+    """
+    import torch.distributed as dist
+
+    tasks = [t.strip() for t in tasks if t.strip()]
+    if not tasks:
+        raise UnlearnError("no lm-eval task given")
+    multi = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+    out: dict[str, float] | None = None
+    err: str | None = None
+    if not multi or dist.get_rank() == 0:
+        try:
+            out = _run(model, tokenizer, tasks, sets, batch_size, limit)
+        except UnlearnError as e:
+            if not multi:
+                raise
+            err = str(e)
+    if multi:  # the others wait for the main process's numbers (or its error)
+        box = [(out, err)]
+        dist.broadcast_object_list(box, src=0)
+        out, err = box[0]
+        if err is not None:
+            raise UnlearnError(err)
+    return out  # type: ignore[return-value]
+
+
+def _run(model, tokenizer, tasks, sets, batch_size, limit) -> dict[str, float]:
+    import lm_eval
+    from lm_eval.models.huggingface import HFLM
+    from lm_eval.tasks import TaskManager
+
+    from unlearn.targets.llm import _unwrap
+
+    builtin = [t for t in tasks if t in BUILTIN_TASKS]
+    other = [t for t in tasks if t not in BUILTIN_TASKS]
+    include = None
+    if builtin:
+        include = str(write_builtin_tasks(builtin, sets if sets is not None else default_sets()))
+    # the default index costs ~10 s: build it only when a task is not one of ours
+    tm = TaskManager(include_path=include, include_defaults=bool(other), verbosity="ERROR")
+    unknown = [t for t in other if t not in tm.all_tasks]
+    if unknown:
+        import difflib
+
+        hints = {t: difflib.get_close_matches(t, tm.all_tasks, n=3) for t in unknown}
+        raise UnlearnError("unknown lm-eval task(s): " + "; ".join(
+            f"{t}" + (f" (did you mean {', '.join(h)}?)" if h else "") for t, h in hints.items())
+            + f"; built-in: {', '.join(BUILTIN_TASKS)}")
+    lm = _unwrap(model)
+    was_training = lm.training
+    lm.eval()
+    try:
+        hflm = HFLM(pretrained=lm, tokenizer=tokenizer, batch_size=batch_size)
+        res = lm_eval.simple_evaluate(model=hflm, tasks=tasks, task_manager=tm, log_samples=False, limit=limit,
+                                      verbosity="ERROR", bootstrap_iters=0)
+    finally:
+        if was_training:
+            lm.train()
+    return flatten_results(res, tasks)
+
+
+def flatten_results(res: dict, tasks: list[str]) -> dict[str, float]:
+    """lm-eval's ``results`` (and ``groups``) of the requested tasks -> flat ``lm_eval_<task>_<metric>`` floats."""
+    tables = {**res.get("results", {}), **res.get("groups", {})}
+    names = [t for t in tasks if t in tables] or list(tables)
+    out = {}
+    for t in names:
+        for key, v in tables[t].items():
+            if "," not in key or "_stderr" in key or not isinstance(v, (int, float)) or isinstance(v, bool):
+                continue
+            metric, filt = key.split(",", 1)
+            suffix = "" if filt == "none" else f"_{filt}"
+            out[f"lm_eval_{t}_{metric}{suffix}"] = float(v)
+    return out
