@@ -33,7 +33,7 @@ $(STAMP): pyproject.toml
 eval: setup
 	$(UNLEARN) build tinyfacts
 	$(UNLEARN) run --method $(METHOD) --model $(MODEL) --benchmark $(BENCHMARK) --split $(SPLIT) \
-		--seed $(SEED) --out $(OUT) --compare $(ARGS)
+		--seed $(SEED) --out $(OUT) --compare --reuse $(ARGS)
 
 test: setup
 	$(PY) -m pytest -q -x --timeout 1800 tests

@@ -190,6 +190,7 @@ class RunArgs:
     overrides: list = field(default_factory=list)  # [(key, value)]
     files: DataFiles = field(default_factory=DataFiles)
     force: bool = False
+    reuse: bool = False  # a finished run with the same settings is shown, not re-run
     save_model: bool = False
     prompt: str | None = None
     suite: str = "full"
@@ -221,6 +222,12 @@ def run(a: RunArgs, log=print, accelerator=None) -> Path:
     mspec, mcfg, tcfg = prepare_configs(a, bool(spec0.embedded))
     rdir = run_dir(a.out, a.benchmark, a.model, a.method, a.split, a.seed)
     main = accelerator is None or accelerator.is_main_process
+    if is_finished(rdir) and a.reuse and not a.force:
+        old = read_json(rdir / "config.json")
+        if old.get("method_config") == asdict(mcfg) and old.get("train_config") == asdict(tcfg):
+            log(f"{rdir} is already finished with these settings; showing it (--force re-runs it)")
+            return rdir
+        raise UnlearnError(f"{rdir} is finished with other settings; pass --force to replace it")
     if is_finished(rdir):
         if not a.force:
             raise UnlearnError(f"{rdir} is already finished; pass --force to run it again")

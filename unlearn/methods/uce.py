@@ -6,8 +6,8 @@ Closed-form edit of every cross-attention key/value projection W (d_out, d) of t
 
 with the ``replace`` target v*_i = W_old g_i (g_i: the guide concept's token row aligned with c_i). Because
 the targets are W_old times an embedding, the left factor is W_old A with one d x d matrix A shared by all
-layers: W_new = W_old (A B⁻¹). So the whole edit is one d x d solve plus one matmul per layer — 32 matmuls
-for SD 1.4 instead of 32 inversions (benchmarks/speed/uce_edit.py).
+layers: W_new = W_old (A B⁻¹), and A B⁻¹ = I + (rank n_e). So the whole edit is one Gram matrix, one d x d
+Cholesky solve and one rank-n_e update per layer — not 32 inversions (benchmarks/speed/uce_edit.py).
 
 Token rows (the c's): ``tail`` = old UCE (``train-scripts/train_erase.py``): the last concept token through the
 end of the sequence, concept and guide trimmed to equal length; ``last`` = new UCE: the last subject token only;
@@ -46,26 +46,45 @@ def uce_closed_form(W: torch.Tensor, C_e, V_e, C_p, lamb: float, eta: float, rho
     return torch.linalg.solve(right, left.T).T  # right is symmetric: (left right⁻¹)ᵀ = right⁻¹ leftᵀ
 
 
-def uce_transform(C_e, C_g, C_p, lamb: float, eta: float, rho: float) -> torch.Tensor:
-    """The shared d x d map T with W_new = W_old T for ``replace`` targets v*_i = W_old g_i.
+def uce_lowrank(C_e, C_g, C_p, lamb: float, eta: float, rho: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(U (d, n_e), V (d, n_e)) with W_new = W_old (I + U Vᵀ) for ``replace`` targets v*_i = W_old g_i.
 
-    C_e, C_g: (n_e, d) erased rows and their aligned guide rows; C_p: (n_p, d) preserved rows. fp64 inside.
+    With B = λI + ηC_eᵀC_e + ρG_p and A = B + η(C_g − C_e)ᵀC_e, the shared map A B⁻¹ = I + η(C_g − C_e)ᵀ C_e B⁻¹:
+    a rank-n_e update, so each layer costs O(d_out d n_e) instead of O(d_out d²). C_e, C_g: (n_e, d) erased rows
+    and their aligned guide rows; C_p: (n_p, d) preserved rows. The Gram matrix is formed once in the input
+    dtype; the d x d solve runs in fp64 (Cholesky: B is symmetric positive definite for λ > 0).
     """
-    dt = C_e.dtype
-    C_e, C_g, C_p = C_e.double(), C_g.double(), C_p.double()
-    G_p = C_p.T @ C_p  # (d, d) preserve Gram matrix, formed once
-    eye = torch.eye(C_e.shape[1], dtype=torch.float64, device=C_e.device)
-    A = lamb * eye + eta * C_g.T @ C_e + rho * G_p
-    B = lamb * eye + eta * C_e.T @ C_e + rho * G_p
-    return torch.linalg.solve(B, A.T).T.to(dt)  # A B⁻¹
+    d = C_e.shape[1]
+    G = eta * C_e.T @ C_e + rho * C_p.T @ C_p  # (d, d): the preserve Gram matrix, formed once for all layers
+    B = G.double() + lamb * torch.eye(d, dtype=torch.float64, device=C_e.device)
+    V = torch.cholesky_solve(C_e.T.double(), torch.linalg.cholesky(B))  # (d, n_e) = B⁻¹ C_eᵀ
+    U = eta * (C_g - C_e).T.double()  # (d, n_e)
+    return U, V
+
+
+def uce_transform(C_e, C_g, C_p, lamb: float, eta: float, rho: float) -> torch.Tensor:
+    """The shared d x d map T = A B⁻¹ (fp64): W_new = W_old T for every layer (see `uce_lowrank`)."""
+    U, V = uce_lowrank(C_e, C_g, C_p, lamb, eta, rho)
+    return torch.eye(U.shape[0], dtype=torch.float64, device=U.device) + U @ V.T
 
 
 @torch.no_grad()
-def uce_edit_(layers: list[torch.nn.Linear], C_e, C_g, C_p, lamb: float, eta: float, rho: float) -> None:
-    """Apply the replace-target UCE edit in place to every layer (all share the same text rows)."""
-    T = uce_transform(C_e, C_g, C_p, lamb, eta, rho).to(layers[0].weight.dtype)
-    for lin in layers:
-        lin.weight.copy_(lin.weight @ T)
+def uce_edit_(layers: list[torch.nn.Linear], C_e, C_g, C_p, lamb: float, eta: float, rho: float) -> torch.Tensor:
+    """Apply the replace-target UCE edit in place to every layer (all share the same text rows).
+
+    Returns the applied d x d map T (fp64), so callers can track the composite edit W_now = W_orig T_1 T_2 ...
+    """
+    U, V = uce_lowrank(C_e, C_g, C_p, lamb, eta, rho)
+    dt = layers[0].weight.dtype
+    if 2 * U.shape[1] < U.shape[0]:  # low rank pays off: W += (W U) Vᵀ
+        Uf, Vt = U.to(dt), V.T.to(dt).contiguous()
+        for lin in layers:
+            lin.weight.add_((lin.weight @ Uf) @ Vt)
+    else:
+        T = (torch.eye(U.shape[0], dtype=torch.float64, device=U.device) + U @ V.T).to(dt)
+        for lin in layers:
+            lin.weight.copy_(lin.weight @ T)
+    return torch.eye(U.shape[0], dtype=torch.float64, device=U.device) + U @ V.T
 
 
 @torch.no_grad()
@@ -120,6 +139,7 @@ def apply(target, concepts: list[str], cfg: UCEConfig, preserve: list[str]) -> d
     rho = cfg.preserve_scale if cfg.preserve_scale is not None else max(0.1, 1 / len(P))
     C_e, C_g, C_p = edit_rows(target, concepts, cfg.guide, P, cfg.tokens)
     t1 = time.perf_counter()
-    uce_edit_([m for _, m in cross_attention_kv(target.unet)], C_e, C_g, C_p, cfg.lamb, cfg.erase_scale, rho)
+    T = uce_edit_([m for _, m in cross_attention_kv(target.unet)], C_e, C_g, C_p, cfg.lamb, cfg.erase_scale, rho)
     t2 = time.perf_counter()
-    return {"edit_seconds": t2 - t1, "encode_seconds": t1 - t0, "preserve_scale": rho, "n_preserve": len(P)}
+    return {"edit_seconds": t2 - t1, "encode_seconds": t1 - t0, "preserve_scale": rho, "n_preserve": len(P),
+            "transform": T}  # fmt: skip
