@@ -52,8 +52,13 @@ class TrainConfig:
 
 
 # The embedded TinyFacts target: measured to move forget accuracy while keeping retain with the default methods.
-EMBEDDED_TRAIN: dict[str, Any] = {"lr": 1e-3, "epochs": 5, "batch_size": 32, "warmup_epochs": 1.0,
-                                  "checkpoint_every": 10}
+EMBEDDED_TRAIN: dict[str, Any] = {
+    "lr": 1e-3,
+    "epochs": 5,
+    "batch_size": 32,
+    "warmup_epochs": 1.0,
+    "checkpoint_every": 10,
+}
 
 
 # ----------------------------------------------------------------------------------------------- model aliases
@@ -71,8 +76,13 @@ MODEL_ALIASES: dict[str, str] = {
 }
 
 # With --benchmark tofu the Llama aliases resolve to open-unlearning's public TOFU fine-tunes and oracles.
-_TOFU_NAMES = {"llama-1b": "Llama-3.2-1B-Instruct", "llama-3b": "Llama-3.2-3B-Instruct",
-               "llama-8b": "Llama-3.1-8B-Instruct", "llama2-7b": "Llama-2-7b-chat-hf", "phi-1.5": "phi-1_5"}
+_TOFU_NAMES = {
+    "llama-1b": "Llama-3.2-1B-Instruct",
+    "llama-3b": "Llama-3.2-3B-Instruct",
+    "llama-8b": "Llama-3.1-8B-Instruct",
+    "llama2-7b": "Llama-2-7b-chat-hf",
+    "phi-1.5": "phi-1_5",
+}
 _TOFU_RETAIN = {"forget01": "retain99", "forget05": "retain95", "forget10": "retain90"}
 
 

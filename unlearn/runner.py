@@ -69,8 +69,9 @@ def embedded_cfg(spec: ModelSpec):
     return get_preset(EMBEDDED_PRESETS[spec.embedded])
 
 
-def load_target(alias: str, benchmark: str, split: str, prompt: str | None = None, log=print,
-                need_oracle: bool = True) -> Target:
+def load_target(
+    alias: str, benchmark: str, split: str, prompt: str | None = None, log=print, need_oracle: bool = True
+) -> Target:
     from unlearn.targets.llm import PromptFormat, default_prompt_format, load_causal_lm, load_tokenizer
 
     spec = resolve_model(alias, benchmark, split)
@@ -116,17 +117,26 @@ def load_sets(benchmark: str, split: str, target: Target, files: DataFiles) -> t
         keep = {r["entity"] for r in splits["full"]}
         ents = list(dict.fromkeys(r["entity"] for r in splits["full"] if r["entity"] in keep))[:n_eval_ent]
         retain_eval = [r for r in retain_train if r["entity"] in set(ents)]
-        sets = {"forget": splits[split], "retain": retain_eval, "world_facts": splits["world_facts"],
-                "arithmetic": splits["arithmetic"], "holdout": splits[split.replace("forget", "holdout")]}
+        sets = {
+            "forget": splits[split],
+            "retain": retain_eval,
+            "world_facts": splits["world_facts"],
+            "arithmetic": splits["arithmetic"],
+            "holdout": splits[split.replace("forget", "holdout")],
+        }
     else:  # tofu
         from unlearn.data.tofu import load_tofu
 
         def get(cfg_name, override):
             return load_records(override, require_perturbed=False) if override else load_tofu(cfg_name)
 
-        sets = {"forget": get(f"{split}_perturbed", files.forget), "retain": get("retain_perturbed", None),
-                "world_facts": load_tofu("world_facts_perturbed"), "real_authors": load_tofu("real_authors_perturbed"),
-                "holdout": get(split.replace("forget", "holdout"), files.holdout)}
+        sets = {
+            "forget": get(f"{split}_perturbed", files.forget),
+            "retain": get("retain_perturbed", None),
+            "world_facts": load_tofu("world_facts_perturbed"),
+            "real_authors": load_tofu("real_authors_perturbed"),
+            "holdout": get(split.replace("forget", "holdout"), files.holdout),
+        }
         retain_train = get({"forget01": "retain99", "forget05": "retain95", "forget10": "retain90"}[split], None)
     if files.forget:
         sets["forget"] = load_records(files.forget)
@@ -147,8 +157,16 @@ def cached_eval(model_path: str, load, tok, fmt, sets: dict, ecfg: EvalConfig, o
     """Evaluate a fixed model (target / oracle) once per (model, data, eval config); cached under $UNLEARN_HOME."""
     from unlearn.targets.build import unlearn_home
 
-    key = hashlib.sha256(json.dumps([str(Path(model_path).resolve()) if Path(model_path).exists() else model_path,
-                                     data_hash(sets), asdict(ecfg), oracle is not None]).encode()).hexdigest()[:16]
+    key = hashlib.sha256(
+        json.dumps(
+            [
+                str(Path(model_path).resolve()) if Path(model_path).exists() else model_path,
+                data_hash(sets),
+                asdict(ecfg),
+                oracle is not None,
+            ]
+        ).encode()
+    ).hexdigest()[:16]
     p = unlearn_home() / "evals" / f"{key}.json"
     if p.exists():
         return read_json(p)
@@ -161,8 +179,12 @@ def cached_eval(model_path: str, load, tok, fmt, sets: dict, ecfg: EvalConfig, o
 
 def _git_sha() -> str | None:
     try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
-                              cwd=Path(__file__).parent).stdout.strip() or None
+        return (
+            subprocess.run(
+                ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, cwd=Path(__file__).parent
+            ).stdout.strip()
+            or None
+        )
     except (OSError, subprocess.SubprocessError):
         return None
 
@@ -174,8 +196,14 @@ def versions() -> dict:
 
     import unlearn
 
-    return {"unlearn": unlearn.__version__, "torch": torch.__version__, "transformers": transformers.__version__,
-            "accelerate": accelerate.__version__, "python": platform.python_version(), "git_sha": _git_sha()}
+    return {
+        "unlearn": unlearn.__version__,
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "accelerate": accelerate.__version__,
+        "python": platform.python_version(),
+        "git_sha": _git_sha(),
+    }
 
 
 # ----------------------------------------------------------------------------------------------- run
@@ -249,33 +277,68 @@ def run(a: RunArgs, log=print, accelerator=None) -> Path:
     tgt = load_target(a.model, a.benchmark, a.split, a.prompt, log=log)
     sets, forget, retain_train = load_sets(a.benchmark, a.split, tgt, a.files)
     ecfg = EvalConfig(suite=a.suite)
-    config = {"schema_version": SCHEMA_VERSION, "method": a.method, "model": a.model, "model_path": tgt.target_dir,
-              "oracle_path": tgt.oracle_dir, "benchmark": a.benchmark, "split": a.split, "seed": a.seed,
-              "method_config": asdict(mcfg), "train_config": asdict(tcfg), "eval_config": asdict(ecfg),
-              "prompt_format": asdict(tgt.fmt), "data_files": asdict(a.files), "data_hash": data_hash(sets),
-              "n_forget": len(forget), "n_retain_train": len(retain_train), "versions": versions()}
+    config = {
+        "schema_version": SCHEMA_VERSION,
+        "method": a.method,
+        "model": a.model,
+        "model_path": tgt.target_dir,
+        "oracle_path": tgt.oracle_dir,
+        "benchmark": a.benchmark,
+        "split": a.split,
+        "seed": a.seed,
+        "method_config": asdict(mcfg),
+        "train_config": asdict(tcfg),
+        "eval_config": asdict(ecfg),
+        "prompt_format": asdict(tgt.fmt),
+        "data_files": asdict(a.files),
+        "data_hash": data_hash(sets),
+        "n_forget": len(forget),
+        "n_retain_train": len(retain_train),
+        "versions": versions(),
+    }
     if main:
         atomic_write_json(rdir / "config.json", config)
         write_status(rdir, "running", started=time.strftime("%Y-%m-%dT%H:%M:%S"))
 
     def eval_fn(model):
-        m, _ = evaluate(model, tgt.tokenizer, tgt.fmt, {k: sets[k] for k in ("forget", "retain")},
-                        EvalConfig(suite="basic"))
+        m, _ = evaluate(
+            model, tgt.tokenizer, tgt.fmt, {k: sets[k] for k in ("forget", "retain")}, EvalConfig(suite="basic")
+        )
         return m
 
-    model, summary = unlearn_model(tgt.model, tgt.tokenizer, tgt.fmt, forget, retain_train, mspec, mcfg, tcfg,
-                                   a.seed, rdir, eval_fn=eval_fn, progress=a.progress, accelerator=accelerator,
-                                   log=log)
+    model, summary = unlearn_model(
+        tgt.model,
+        tgt.tokenizer,
+        tgt.fmt,
+        forget,
+        retain_train,
+        mspec,
+        mcfg,
+        tcfg,
+        a.seed,
+        rdir,
+        eval_fn=eval_fn,
+        progress=a.progress,
+        accelerator=accelerator,
+        log=log,
+    )
     oracle = None
     if tgt.oracle_dir and main:
         from unlearn.targets.llm import load_causal_lm
 
-        oracle = cached_eval(tgt.oracle_dir, lambda: load_causal_lm(tgt.oracle_dir), tgt.tokenizer, tgt.fmt, sets,
-                             ecfg, log=log)
+        oracle = cached_eval(
+            tgt.oracle_dir, lambda: load_causal_lm(tgt.oracle_dir), tgt.tokenizer, tgt.fmt, sets, ecfg, log=log
+        )
     metrics, examples = evaluate(model, tgt.tokenizer, tgt.fmt, sets, ecfg, oracle=oracle)
     if main:
-        metrics.update({"cost_steps": summary["steps"], "cost_tokens": summary["tokens"],
-                        "cost_seconds": round(time.time() - t0, 2), "cost_train_seconds": summary["seconds"]})
+        metrics.update(
+            {
+                "cost_steps": summary["steps"],
+                "cost_tokens": summary["tokens"],
+                "cost_seconds": round(time.time() - t0, 2),
+                "cost_train_seconds": summary["seconds"],
+            }
+        )
         if a.save_model:
             from unlearn.targets.llm import save_model
 
@@ -293,8 +356,14 @@ def compare_table(rdir: Path, log=print) -> dict[str, dict]:
 
     cfg = read_json(rdir / "config.json")
     tok = load_tokenizer(cfg["model_path"])
-    tgt = Target(resolve_model(cfg["model"], cfg["benchmark"], cfg["split"]), None, tok, None, cfg["model_path"],
-                 cfg["oracle_path"])
+    tgt = Target(
+        resolve_model(cfg["model"], cfg["benchmark"], cfg["split"]),
+        None,
+        tok,
+        None,
+        cfg["model_path"],
+        cfg["oracle_path"],
+    )
     if tgt.spec.embedded:
         tgt.build_cfg = embedded_cfg(tgt.spec)
     from unlearn.targets.llm import PromptFormat
@@ -306,8 +375,9 @@ def compare_table(rdir: Path, log=print) -> dict[str, dict]:
     oracle = None
     if cfg["oracle_path"]:
         oracle = cached_eval(cfg["oracle_path"], lambda: load_causal_lm(cfg["oracle_path"]), tok, fmt, sets, ecfg)
-    target = cached_eval(cfg["model_path"], lambda: load_causal_lm(cfg["model_path"]), tok, fmt, sets, ecfg,
-                         oracle=oracle)
+    target = cached_eval(
+        cfg["model_path"], lambda: load_causal_lm(cfg["model_path"]), tok, fmt, sets, ecfg, oracle=oracle
+    )
     cols["target"] = target["metrics"]
     cols[cfg["method"]] = read_json(rdir / "metrics.json")
     if oracle:

@@ -13,14 +13,15 @@ import math
 import os
 import re
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 SCHEMA_VERSION = 1
 
 
 def safe_name(name: str) -> str:
-    """Make a model id or path usable as one folder name (``meta-llama/Llama-3.2-1B`` -> ``meta-llama--Llama-3.2-1B``)."""
+    """Make a model id or path one folder name: ``meta-llama/Llama-3.2-1B`` -> ``meta-llama--Llama-3.2-1B``."""
     name = str(name).rstrip("/")
     if os.sep in name and Path(name).exists():
         name = Path(name).name  # a local directory: its last component names it

@@ -16,8 +16,9 @@ def _run(args, capsys):
 @pytest.fixture(scope="module")
 def npo_run(micro_target, tmp_path_factory):
     out = tmp_path_factory.mktemp("runs")
-    rc = main(["run", "--method", "npo", "--model", "tiny-micro", "--out", str(out), "--no-progress",
-               "--set", "epochs=4"])
+    rc = main(
+        ["run", "--method", "npo", "--model", "tiny-micro", "--out", str(out), "--no-progress", "--set", "epochs=4"]
+    )
     assert rc == 0
     return out / "tinyfacts" / "tiny-micro" / "npo" / "forget10" / "seed0"
 
@@ -44,8 +45,10 @@ def test_run_writes_the_run_directory(npo_run, micro_target):
 def test_rerun_refuses_without_force(npo_run, capsys):
     out = npo_run.parents[4]
     before = (npo_run / "metrics.json").read_text()
-    rc, _, err = _run(["run", "--method", "npo", "--model", "tiny-micro", "--out", str(out), "--no-progress",
-                       "--set", "epochs=4"], capsys)
+    rc, _, err = _run(
+        ["run", "--method", "npo", "--model", "tiny-micro", "--out", str(out), "--no-progress", "--set", "epochs=4"],
+        capsys,
+    )
     assert rc == 2 and "already finished" in err and "--force" in err
     assert (npo_run / "metrics.json").read_text() == before  # nothing overwritten
 
@@ -72,8 +75,9 @@ def test_user_errors_are_one_line_exit_2(args, words, capsys, micro_target, tmp_
 def test_malformed_forget_file(capsys, micro_target, tmp_path):
     bad = tmp_path / "f.jsonl"
     bad.write_text('{"question": "q", "answer": "a"}\n{"question": "q2", "answer": \n')
-    rc, _, err = _run(["run", "--model", "tiny-micro", "--forget", str(bad), "--out", str(tmp_path / "r"),
-                       "--no-progress"], capsys)
+    rc, _, err = _run(
+        ["run", "--model", "tiny-micro", "--forget", str(bad), "--out", str(tmp_path / "r"), "--no-progress"], capsys
+    )
     assert rc == 2 and f"{bad}:2: malformed JSON" in err
     assert not (tmp_path / "r" / "tinyfacts" / "tiny-micro" / "npo" / "forget10" / "seed0" / "metrics.json").exists()
 

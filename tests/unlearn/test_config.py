@@ -15,8 +15,21 @@ from unlearn.methods.npo import NPOConfig
 
 def test_typed_overrides_route_to_train_and_method():
     t, m = TrainConfig(), NPOConfig()
-    apply_overrides(t, m, parse_overrides(["lr=3e-4", "epochs=2", "lora.r=16", "beta=0.2", "method.retain=kl",
-                                           "gradient_checkpointing=true", "precision=fp32"]))
+    apply_overrides(
+        t,
+        m,
+        parse_overrides(
+            [
+                "lr=3e-4",
+                "epochs=2",
+                "lora.r=16",
+                "beta=0.2",
+                "method.retain=kl",
+                "gradient_checkpointing=true",
+                "precision=fp32",
+            ]
+        ),
+    )
     assert t.lr == 3e-4 and t.epochs == 2 and t.lora.r == 16 and t.gradient_checkpointing is True
     assert m.beta == 0.2 and m.retain == "kl" and t.precision == "fp32"
     assert isinstance(t.lora, LoraConfig)

@@ -9,8 +9,11 @@ def register(sub) -> None:
     p = sub.add_parser("build", help="build and cache an embedded target (+ oracles)")
     p.add_argument("target", help=f"one of: {', '.join(TARGETS)}")
     p.add_argument("--preset", default="default", help="build preset (default | micro)")
-    p.add_argument("--splits", default="forget10",
-                   help="comma-separated forget splits whose retain-only oracle to build (tinyfacts)")
+    p.add_argument(
+        "--splits",
+        default="forget10",
+        help="comma-separated forget splits whose retain-only oracle to build (tinyfacts)",
+    )
     p.add_argument("--force", action="store_true", help="rebuild even if cached")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=run)

@@ -36,14 +36,16 @@ def run(args) -> int:
     if tgt.oracle_dir and not args.no_oracle:
         from unlearn.targets.llm import load_causal_lm
 
-        oracle = cached_eval(tgt.oracle_dir, lambda: load_causal_lm(tgt.oracle_dir), tgt.tokenizer, tgt.fmt, sets,
-                             ecfg)
+        oracle = cached_eval(
+            tgt.oracle_dir, lambda: load_causal_lm(tgt.oracle_dir), tgt.tokenizer, tgt.fmt, sets, ecfg
+        )
     metrics, examples = evaluate(tgt.model, tgt.tokenizer, tgt.fmt, sets, ecfg, oracle=oracle, progress=True)
     if args.lm_eval_tasks:
         from unlearn.metrics.lm_eval import run_lm_eval
 
-        metrics.update(run_lm_eval(tgt.model, tgt.tokenizer, [t.strip() for t in args.lm_eval_tasks.split(",")],
-                                   sets=sets))
+        metrics.update(
+            run_lm_eval(tgt.model, tgt.tokenizer, [t.strip() for t in args.lm_eval_tasks.split(",")], sets=sets)
+        )
     cols = {args.model: metrics}
     if oracle:
         cols["oracle"] = oracle["metrics"]

@@ -20,11 +20,19 @@ def register(sub) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="runs", help="root of the run tree")
     add_data_args(p)
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a training or method setting (repeatable), e.g. --set lr=1e-4 --set beta=0.2")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a training or method setting (repeatable), e.g. --set lr=1e-4 --set beta=0.2",
+    )
     p.add_argument("--config", help="YAML file of key: value overrides (applied before --set)")
     p.add_argument("--force", action="store_true", help="re-run a finished run")
-    p.add_argument("--reuse", action="store_true", help="show a finished run with the same settings instead of failing")
+    p.add_argument(
+        "--reuse", action="store_true", help="show a finished run with the same settings instead of failing"
+    )
     p.add_argument("--save-model", action="store_true", help="keep the unlearned model (safetensors) in model/")
     p.add_argument("--compare", action="store_true", help="print target / unlearned / oracle side by side")
     p.add_argument("--no-progress", action="store_true")
@@ -41,10 +49,22 @@ def run(args) -> int:
     if args.suite not in ("basic", "full"):
         raise UnlearnError(f"unknown suite {args.suite!r}; valid: basic, full")
     overrides = (load_yaml_overrides(args.config) if args.config else []) + parse_overrides(args.overrides)
-    ra = RunArgs(method=args.method, model=args.model, benchmark=args.benchmark, split=args.split, seed=args.seed,
-                 out=args.out, overrides=overrides, force=args.force, reuse=args.reuse, save_model=args.save_model,
-                 files=DataFiles(args.forget, args.retain, args.holdout), prompt=args.prompt, suite=args.suite,
-                 progress=not args.no_progress)
+    ra = RunArgs(
+        method=args.method,
+        model=args.model,
+        benchmark=args.benchmark,
+        split=args.split,
+        seed=args.seed,
+        out=args.out,
+        overrides=overrides,
+        force=args.force,
+        reuse=args.reuse,
+        save_model=args.save_model,
+        files=DataFiles(args.forget, args.retain, args.holdout),
+        prompt=args.prompt,
+        suite=args.suite,
+        progress=not args.no_progress,
+    )
     accelerator = None
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         from accelerate import Accelerator

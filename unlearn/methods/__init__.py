@@ -8,8 +8,9 @@ optimisation, batching, precision, checkpoints and multi-process; a method only 
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable, Protocol
+from typing import Any, Protocol
 
 import torch
 
@@ -61,8 +62,13 @@ class MethodSpec:
 METHODS: dict[str, MethodSpec] = {}
 
 
-def register_method(name: str, config_cls: type, description: str, target: str = "llm",
-                    needs_reference: Callable[[Any], bool] = lambda cfg: False):
+def register_method(
+    name: str,
+    config_cls: type,
+    description: str,
+    target: str = "llm",
+    needs_reference: Callable[[Any], bool] = lambda cfg: False,
+):
     """Decorator registering a step function under ``name``."""
 
     def deco(step):
@@ -95,7 +101,7 @@ def _target_of(name: str) -> str | None:
 
 
 def list_methods() -> list[MethodSpec]:
-    for n, m in _MODULES.items():
+    for m in _MODULES.values():
         try:
             importlib.import_module(m)
         except ImportError:

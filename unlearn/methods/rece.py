@@ -71,7 +71,9 @@ def apply(target, concepts: list[str], cfg: RECEConfig, preserve: list[str], on_
 
     layers = [m for _, m in cross_attention_kv(target.unet)]
     t0 = time.perf_counter()
-    G0 = sum(m.weight.detach().T.double() @ m.weight.detach().double() for m in layers)  # Σ W⁰ᵀW⁰ (d, d), once
+    W_all = torch.cat([m.weight.detach() for m in layers])  # (Σ d_out, d)
+    G0 = (W_all.T @ W_all).double()  # Σ W⁰ᵀW⁰ (d, d), formed once
+    del W_all
     edit_s = time.perf_counter() - t0
     info = {"uce": uce_apply(target, concepts, cfg.uce, preserve)}
     T = info["uce"].pop("transform")  # W_now = W⁰ T: tracked instead of re-reading 32 matrices each round
@@ -79,13 +81,12 @@ def apply(target, concepts: list[str], cfg: RECEConfig, preserve: list[str], on_
     if on_round is not None:
         on_round(0, info)
     C = encode_prompts(target, concepts)  # (k, T, d): all T rows of each erased concept
-    P = list(dict.fromkeys(["", *preserve]))
+    guide = encode_prompts(target, [cfg.guide])[0].repeat(len(concepts), 1)  # (k*T, d) aligned with the c' rows
+    C_p = encode_prompts(target, list(dict.fromkeys(["", *preserve]))).flatten(0, 1)  # (|P|*T, d) preserve rows
     info["rounds"] = []
     for r in range(1, cfg.rounds + 1):
         t0 = time.perf_counter()
         adv = torch.cat([adversarial_embedding_gram(G0, T, c, cfg.reg) for c in C])  # (k*T, d)
-        guide = encode_prompts(target, [cfg.guide])[0].repeat(len(concepts), 1)  # (k*T, d) aligned with adv
-        C_p = encode_prompts(target, P).flatten(0, 1)  # (|P|*T, d): preserve rows, all T
         T = T @ uce_edit_(layers, adv, guide, C_p, cfg.lamb, cfg.erase_scale, cfg.preserve_scale)
         dt = time.perf_counter() - t0
         edit_s += dt

@@ -60,10 +60,18 @@ PRESETS: dict[str, BuildConfig] = {
     "default": BuildConfig(),
     # seconds, for unit tests: 20 entities x 4 attributes, a 2-layer 48-wide model, 60 epochs, 1 thread.
     "micro": BuildConfig(
-        data=TinyFactsConfig(n_entities=20, n_holdout=2, attributes=("birthplace", "occupation", "pet", "colour"),
-                             arithmetic_test=10),
-        vocab_size=400, hidden_size=48, intermediate_size=96, num_layers=2, num_heads=4, epochs=60, batch_size=16,
-        lr=5e-3, threads=1,
+        data=TinyFactsConfig(
+            n_entities=20, n_holdout=2, attributes=("birthplace", "occupation", "pet", "colour"), arithmetic_test=10
+        ),
+        vocab_size=400,
+        hidden_size=48,
+        intermediate_size=96,
+        num_layers=2,
+        num_heads=4,
+        epochs=60,
+        batch_size=16,
+        lr=5e-3,
+        threads=1,
     ),
 }
 
@@ -173,8 +181,9 @@ def train_qa_model(cfg: BuildConfig, tokenizer, records, desc: str = "train", pr
         order = list(range(len(items)))
         rng.shuffle(order)
         for b in range(steps_per_epoch):
-            batch = collate([items[i] for i in order[b * cfg.batch_size : (b + 1) * cfg.batch_size]],
-                            tokenizer.pad_token_id)
+            batch = collate(
+                [items[i] for i in order[b * cfg.batch_size : (b + 1) * cfg.batch_size]], tokenizer.pad_token_id
+            )
             seq, n = sequence_logps(model, batch)
             loss = -seq.sum() / n.sum()  # token-mean NLL over answer tokens
             opt.zero_grad(set_to_none=True)
@@ -207,7 +216,9 @@ def exact_match(model, tokenizer, records, batch_size: int = 64, max_new_tokens:
         chunk = records[i : i + batch_size]
         prompts = [encode_prompt(tokenizer, fmt, r["question"]) for r in chunk]
         gen = greedy_generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens)
-        out += [tokenizer.decode(g, skip_special_tokens=True).strip() == r["answer"].strip() for g, r in zip(gen, chunk)]
+        out += [
+            tokenizer.decode(g, skip_special_tokens=True).strip() == r["answer"].strip() for g, r in zip(gen, chunk)
+        ]
     return out
 
 
@@ -269,10 +280,21 @@ def build_tinyfacts(
         acc = _accuracy_report(model, tok, splits, forget_split or "forget10")
         save_model(model, tok, d)
         nparams = sum(p.numel() for p in model.parameters())
-        atomic_write_json(d / "build.json", {"which": which, "seconds": round(secs, 1), "n_params": nparams,
-                                              "n_train": len(recs), "accuracy": acc, "recipe": asdict(cfg)})
-        log(f"{which}: {nparams / 1e6:.2f}M params, trained on {len(recs)} QA in {secs:.0f}s; exact-match "
-            + ", ".join(f"{k} {v:.3f}" for k, v in acc.items()))
+        atomic_write_json(
+            d / "build.json",
+            {
+                "which": which,
+                "seconds": round(secs, 1),
+                "n_params": nparams,
+                "n_train": len(recs),
+                "accuracy": acc,
+                "recipe": asdict(cfg),
+            },
+        )
+        log(
+            f"{which}: {nparams / 1e6:.2f}M params, trained on {len(recs)} QA in {secs:.0f}s; exact-match "
+            + ", ".join(f"{k} {v:.3f}" for k, v in acc.items())
+        )
     return root
 
 

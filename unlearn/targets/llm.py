@@ -11,9 +11,9 @@ answer positions only (``answer_token_logits``).
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import torch
 import torch.nn as nn
@@ -291,13 +291,15 @@ def split_output(out: dict, sizes: list[int]) -> list[dict]:
     parts, start = [], 0
     for b in sizes:
         sel = (out["row"] >= start) & (out["row"] < start + b)
-        parts.append({
-            "seq_logp": out["seq_logp"][start : start + b],
-            "n_tokens": out["n_tokens"][start : start + b],
-            "logits": out["logits"][sel],
-            "row": out["row"][sel] - start,
-            "full_logits": None if out["full_logits"] is None else out["full_logits"][start : start + b],
-        })
+        parts.append(
+            {
+                "seq_logp": out["seq_logp"][start : start + b],
+                "n_tokens": out["n_tokens"][start : start + b],
+                "logits": out["logits"][sel],
+                "row": out["row"][sel] - start,
+                "full_logits": None if out["full_logits"] is None else out["full_logits"][start : start + b],
+            }
+        )
         start += b
     return parts
 

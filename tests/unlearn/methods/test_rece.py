@@ -33,6 +33,18 @@ def test_adversarial_embedding_solves_normal_equations():
     assert X.grad.abs().max() < 1e-8
 
 
+def test_gram_form_equals_direct_form():
+    """With W_l = W⁰_l T (every UCE/RECE edit is a shared right factor) the O(d³) form gives the same c'."""
+    from unlearn.methods.rece import adversarial_embedding_gram
+
+    W0 = _layers(5)
+    T = torch.eye(16, dtype=torch.float64) + 0.3 * _layers(6, shapes=((16, 16),))[0]
+    C = torch.randn(3, 16, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
+    G0 = sum(w.T @ w for w in W0)
+    want = adversarial_embedding([w @ T for w in W0], W0, C, 0.05)
+    torch.testing.assert_close(adversarial_embedding_gram(G0, T, C, 0.05), want, rtol=1e-8, atol=1e-8)
+
+
 def test_unedited_model_returns_the_concept():
     """W = W⁰ and λ_r → 0: the embedding that reproduces c is c itself (ΣWᵀW invertible)."""
     W = _layers(3)

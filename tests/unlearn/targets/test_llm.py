@@ -86,8 +86,9 @@ def test_loading_refuses_pickles_and_wrong_architectures(tiny, tmp_path):
     from transformers import BertConfig, BertModel
 
     bert = tmp_path / "bert"
-    BertModel(BertConfig(vocab_size=50, hidden_size=8, num_hidden_layers=1, num_attention_heads=2,
-                         intermediate_size=8)).save_pretrained(bert)
+    BertModel(
+        BertConfig(vocab_size=50, hidden_size=8, num_hidden_layers=1, num_attention_heads=2, intermediate_size=8)
+    ).save_pretrained(bert)
     with pytest.raises(UnlearnError, match="not a causal language model"):
         load_causal_lm(str(bert))
     # a hub id offline: one line naming the model and how to provide it
