@@ -3,18 +3,25 @@
 Suites:
     ``basic``  ``{s}_acc``, ``{s}_prob``, ``{s}_rougeL_recall`` for s in forget, retain, world_facts, arithmetic.
     ``full``   basic + ROUGE-L F1, truth ratios, paraphrased-question variants, TOFU's normalised probability on
-               world_facts / arithmetic, exact memorization, extraction strength, MIA AUCs (forget vs holdout),
-               and, given the oracle's per-example values, forget_quality, privleak and model_utility.
+               world_facts / arithmetic / real_authors, exact memorization, extraction strength, MIA AUCs (forget
+               vs holdout), and, given the oracle's per-example values, forget_quality, privleak and model_utility.
 
-Evaluation is batched and length-bucketed (sequences sorted by length, so padding is minimal), generation is
-greedy with a max-new-tokens cap and stops at EOS per sequence. With several processes (accelerate), every set
-is sharded across them and per-example values are gathered, so the metrics equal one process's.
+Speed: the work is planned first, then run in two passes over *all* sets at once — one greedy-generation pass over
+every prompt (length-sorted batches of ``gen_batch_size``, capped at ``max_new_tokens``, each sequence stopping at
+its EOS) and one teacher-forced scoring pass over every (question, answer) pair (length-sorted batches of
+``batch_size``; the LM head runs on answer positions only). The holdout set is only scored (MIA needs no
+generation).
+
+Processes: with an accelerate ``accelerator`` of several processes, every set is sharded across them (example i
+goes to process ``i % n``), per-example values are gathered back in order, and the aggregates are computed from
+the full lists on every process — so the metrics equal one process's (up to float noise of different batch
+compositions). Every process must call `evaluate` with the same sets.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -25,14 +32,16 @@ from unlearn.targets.llm import PromptFormat, collate, encode_prompt, encode_qa,
 SETS = ("forget", "retain", "world_facts", "arithmetic", "real_authors")
 UTILITY_SETS = ("retain", "world_facts", "arithmetic", "real_authors")  # those present enter model_utility
 OPTION_SETS = ("world_facts", "arithmetic", "real_authors")  # TOFU's utility sets: normalised prob, original answer
+_TOKEN_KEYS = ("token_logp", "mu", "sigma", "hits")  # per-token lists: used for metrics, not written to examples
 
 
 @dataclass
 class EvalConfig:
     suite: str = "full"  # basic | full
-    batch_size: int = 64  # sequences per forward pass
+    batch_size: int = 64  # sequences per scoring forward pass
     max_new_tokens: int = 32  # generation cap
     mia_k: float = 0.4  # Min-K% / Min-K%++ fraction
+    gen_batch_size: int = 0  # prompts per generation batch (0: batch_size); larger = fewer decoding steps on a GPU
 
 
 # ----------------------------------------------------------------------------------------------- sharding
@@ -43,6 +52,10 @@ class _Shard:
         self.acc = accelerator
         self.n = accelerator.num_processes if accelerator is not None else 1
         self.rank = accelerator.process_index if accelerator is not None else 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
 
     def indices(self, n: int) -> list[int]:
         return list(range(self.rank, n, self.n))
@@ -64,101 +77,162 @@ class _Shard:
 
 # ----------------------------------------------------------------------------------------------- primitives
 def _buckets(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
+    """Indices sorted by length, cut into batches (similar lengths together: little padding)."""
     order = sorted(range(len(lengths)), key=lambda i: lengths[i])
     return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
 
 
 @torch.no_grad()
 def score_answers(model, tokenizer, fmt: PromptFormat, questions: Sequence[str], answers: Sequence[str],
-                  batch_size: int = 64, token_stats: bool = False) -> list[dict]:
-    """Per example: summed answer log-prob ``logp`` and token count ``n``; with ``token_stats`` also per-token
-    log-probs, Min-K%++ moments and greedy-prediction hits (for MIA, exact memorization, extraction strength)."""
+                  batch_size: int = 64, token_stats: bool | Sequence[bool] = False, progress: bool = False,
+                  desc: str = "score") -> list[dict]:
+    """Teacher-forced answer log-probs.
+
+    Args:
+        token_stats: for all examples (bool) or per example: also return per-token log-probs, Min-K%++ moments and
+            greedy-prediction hits (for MIA, exact memorization, extraction strength).
+
+    Returns:
+        per example ``{"logp": summed answer log-prob, "n": answer tokens}`` (+ ``token_logp``, ``mu``, ``sigma``,
+        ``hits`` lists where asked).
+    """
+    from tqdm.auto import tqdm
+
     from unlearn.targets.llm import answer_token_logits, token_logps
 
     device = next(model.parameters()).device
     items = [encode_qa(tokenizer, fmt, q, a) for q, a in zip(questions, answers)]
+    stats = [bool(token_stats)] * len(items) if isinstance(token_stats, bool) else [bool(s) for s in token_stats]
     res: list[dict | None] = [None] * len(items)
-    for idx in _buckets([len(i[0]) for i in items], batch_size):
+    for idx in tqdm(_buckets([len(i[0]) for i in items], batch_size), desc=desc, disable=not progress, leave=False):
         batch = {k: v.to(device) for k, v in collate([items[i] for i in idx], tokenizer.pad_token_id).items()}
-        logits, targets, row = answer_token_logits(model, batch)
-        lp = token_logps(logits, targets)  # (N,)
+        logits, targets, row = answer_token_logits(model, batch)  # (N, V), (N,), (N,)
+        lp_c = token_logps(logits, targets).float().cpu().numpy()  # (N,)
         row_c = row.cpu().numpy()
-        if token_stats:
-            tl, mu, sigma = mia.min_k_stats_from_logits(logits, targets)
-            hits = (logits.argmax(-1) == targets).cpu().numpy()
-            tl, mu, sigma = (np.asarray(x.cpu() if hasattr(x, "cpu") else x) for x in (tl, mu, sigma))
-        lp_c = lp.float().cpu().numpy()
+        want = [stats[i] for i in idx]
+        if any(want):
+            # the full-vocabulary moments only where asked: (N, V) float32 temporaries are the costly part
+            sel_rows = torch.tensor([j for j, w in enumerate(want) if w], device=row.device)
+            keep = torch.isin(row, sel_rows)
+            tl, mu, sigma = mia.min_k_stats_from_logits(logits[keep], targets[keep])
+            hits = (logits[keep].argmax(-1) == targets[keep]).cpu().numpy()
+            mu, sigma, krow = mu.float().cpu().numpy(), sigma.float().cpu().numpy(), row_c[keep.cpu().numpy()]
         for j, i in enumerate(idx):
             sel = row_c == j
             r = {"logp": float(lp_c[sel].sum()), "n": int(sel.sum())}
-            if token_stats:
-                r.update(token_logp=lp_c[sel].tolist(), mu=mu[sel].tolist(), sigma=sigma[sel].tolist(),
-                         hits=hits[sel].astype(int).tolist())
+            if want[j]:
+                ks = krow == j
+                r.update(token_logp=lp_c[sel].tolist(), mu=mu[ks].tolist(), sigma=sigma[ks].tolist(),
+                         hits=hits[ks].astype(int).tolist())
             res[i] = r
     return res  # type: ignore[return-value]
 
 
 @torch.no_grad()
 def generate_answers(model, tokenizer, fmt: PromptFormat, questions: Sequence[str], batch_size: int = 64,
-                     max_new_tokens: int = 32) -> list[str]:
+                     max_new_tokens: int = 32, progress: bool = False) -> list[str]:
+    """Greedy answers (decoded, stripped), in length-sorted batches; each sequence stops at its EOS."""
+    from tqdm.auto import tqdm
+
+    from unlearn.targets.llm import _unwrap
+
+    lm = _unwrap(model)  # generate() lives on the transformers model, not on a DDP wrapper
     prompts = [encode_prompt(tokenizer, fmt, q) for q in questions]
     out: list[str | None] = [None] * len(prompts)
-    for idx in _buckets([len(p) for p in prompts], batch_size):
-        gen = greedy_generate(model, tokenizer, [prompts[i] for i in idx], max_new_tokens=max_new_tokens)
+    for idx in tqdm(_buckets([len(p) for p in prompts], batch_size), desc="generate", disable=not progress,
+                    leave=False):
+        gen = greedy_generate(lm, tokenizer, [prompts[i] for i in idx], max_new_tokens=max_new_tokens)
         for i, g in zip(idx, gen):
             out[i] = tokenizer.decode(g, skip_special_tokens=True).strip()
     return out  # type: ignore[return-value]
 
 
-# ----------------------------------------------------------------------------------------------- one set
-def _eval_set(model, tok, fmt, recs: list[dict], cfg: EvalConfig, name: str) -> list[dict]:
-    """Per-example values of one set (for this process's records)."""
-    full = cfg.suite == "full"
-    qs = [r["question"] for r in recs]
-    ans = [r["answer"] for r in recs]
-    gens = generate_answers(model, tok, fmt, qs, cfg.batch_size, cfg.max_new_tokens)
-    sc = score_answers(model, tok, fmt, qs, ans, cfg.batch_size, token_stats=full and name == "forget")
+# ----------------------------------------------------------------------------------------------- planning
+@dataclass
+class _Plan:
+    """What is computed for one set; decided on the *full* set so that every process does the same."""
+
+    name: str
+    generate: bool  # greedy answers (not for holdout)
+    stats: bool  # per-token stats of the answer (forget and holdout, full suite)
+    truth_ratio: bool  # perturbed answers scored
+    k: int  # perturbed answers per example used (the set's minimum)
+    para_answer: bool  # paraphrased answer scored (truth-ratio denominator; not for TOFU's option sets)
+    para_question: bool  # paraphrased questions generated and scored
+
+
+def _plan(name: str, recs: list[dict], suite: str) -> _Plan:
+    full = suite == "full"
+    holdout = name == "holdout"
+    tr = full and not holdout and all(r.get("perturbed_answer") for r in recs)
+    return _Plan(name=name, generate=not holdout, stats=full and name in ("forget", "holdout"), truth_ratio=tr,
+                 k=min(len(r["perturbed_answer"]) for r in recs) if tr else 0,
+                 para_answer=tr and name not in OPTION_SETS,
+                 para_question=full and not holdout and all(r.get("paraphrased_question") for r in recs))
+
+
+def _local_rows(recs: list[dict], p: _Plan, gen: dict, sc: dict) -> list[dict]:
+    """Per-example values of one set's local records from the generations and scores of the two passes."""
     rows = []
-    for r, g, s in zip(recs, gens, sc):
-        rec, f1 = logit.rouge_l(g, r["answer"])
-        row = {"question": r["question"], "answer": r["answer"], "generation": g,
-               "acc": float(logit.exact_match_acc(g, r["answer"])), "prob": float(np.exp(s["logp"] / s["n"])),
-               "rougeL_recall": rec, "rougeL_f1": f1, "logp": s["logp"], "n": s["n"]}
-        for k in ("token_logp", "mu", "sigma", "hits"):
+    for j, r in enumerate(recs):
+        s = sc[("answer", j)]
+        row = {"question": r["question"], "answer": r["answer"], "logp": s["logp"], "n": s["n"],
+               "prob": float(np.exp(s["logp"] / max(s["n"], 1)))}
+        if p.generate:
+            g = gen[("question", j)]
+            rec, f1 = logit.rouge_l(g, r["answer"])
+            row.update(generation=g, acc=float(logit.exact_match_acc(g, r["answer"])), rougeL_recall=rec,
+                       rougeL_f1=f1)
+        for k in _TOKEN_KEYS:
             if k in s:
                 row[k] = s[k]
-        rows.append(row)
-    if not full:
-        return rows
-    # truth ratio: paraphrased (or, without one, the original) answer against the perturbed answers
-    has_pert = [bool(r.get("perturbed_answer")) for r in recs]
-    if all(has_pert):
-        para = [r.get("paraphrased_answer") or r["answer"] for r in recs]
-        ps = score_answers(model, tok, fmt, qs, para, cfg.batch_size)
-        K = min(len(r["perturbed_answer"]) for r in recs)
-        flat_q = [q for q in qs for _ in range(K)]
-        flat_a = [a for r in recs for a in r["perturbed_answer"][:K]]
-        pert = score_answers(model, tok, fmt, flat_q, flat_a, cfg.batch_size)
-        pl = np.array([p["logp"] for p in pert]).reshape(len(recs), K)
-        pn = np.array([p["n"] for p in pert]).reshape(len(recs), K)
-        tr = logit.truth_ratio([p["logp"] for p in ps], [p["n"] for p in ps], pl, pn)
-        if name in OPTION_SETS:
-            # TOFU on real_authors / world_facts: truth ratio and normalised prob use the original answer
-            tr = logit.truth_ratio([s["logp"] for s in sc], [s["n"] for s in sc], pl, pn)
-            npb = logit.normalised_prob([s["logp"] for s in sc], [s["n"] for s in sc], pl, pn)
-            for row, v in zip(rows, npb):
-                row["norm_prob"] = float(v)
-        for row, v in zip(rows, tr):
-            row["truth_ratio"] = float(v)
-    # paraphrased questions
-    if all(r.get("paraphrased_question") for r in recs):
-        pq = [r["paraphrased_question"] for r in recs]
-        pg = generate_answers(model, tok, fmt, pq, cfg.batch_size, cfg.max_new_tokens)
-        psc = score_answers(model, tok, fmt, pq, ans, cfg.batch_size)
-        for row, r, g, s in zip(rows, recs, pg, psc):
+        if p.truth_ratio:
+            pert = [sc[("perturbed", j, i)] for i in range(p.k)]
+            pl, pn = np.array([[x["logp"] for x in pert]]), np.array([[x["n"] for x in pert]])
+            if p.name in OPTION_SETS:  # TOFU on real_authors / world_facts: the original answer, normalised prob
+                row["truth_ratio"] = float(logit.truth_ratio([s["logp"]], [s["n"]], pl, pn)[0])
+                row["norm_prob"] = float(logit.normalised_prob([s["logp"]], [s["n"]], pl, pn)[0])
+            else:
+                pa = sc[("para_answer", j)]
+                row["truth_ratio"] = float(logit.truth_ratio([pa["logp"]], [pa["n"]], pl, pn)[0])
+        if p.para_question:
+            g, ps = gen[("para_question", j)], sc[("para_question", j)]
             row.update(para_generation=g, para_acc=float(logit.exact_match_acc(g, r["answer"])),
-                       para_prob=float(np.exp(s["logp"] / s["n"])), para_rougeL_recall=logit.rouge_l(g, r["answer"])[0])
+                       para_prob=float(np.exp(ps["logp"] / max(ps["n"], 1))),
+                       para_rougeL_recall=logit.rouge_l(g, r["answer"])[0])
+        rows.append(row)
     return rows
+
+
+def _run_passes(model, tok, fmt, local: dict[str, list[dict]], plans: dict[str, _Plan], cfg: EvalConfig,
+                progress: bool) -> dict[str, list[dict]]:
+    """The generation pass and the scoring pass over every set's local records -> local rows per set."""
+    gen_jobs, score_jobs = [], []  # (set, key, question) / (set, key, question, answer, stats)
+    for name, recs in local.items():
+        p = plans[name]
+        for j, r in enumerate(recs):
+            if p.generate:
+                gen_jobs.append((name, ("question", j), r["question"]))
+            score_jobs.append((name, ("answer", j), r["question"], r["answer"], p.stats))
+            if p.para_answer:
+                score_jobs.append((name, ("para_answer", j), r["question"], r.get("paraphrased_answer") or r["answer"],
+                                   False))
+            for i in range(p.k):
+                score_jobs.append((name, ("perturbed", j, i), r["question"], r["perturbed_answer"][i], False))
+            if p.para_question:
+                gen_jobs.append((name, ("para_question", j), r["paraphrased_question"]))
+                score_jobs.append((name, ("para_question", j), r["paraphrased_question"], r["answer"], False))
+    gens = generate_answers(model, tok, fmt, [q for _, _, q in gen_jobs], cfg.gen_batch_size or cfg.batch_size,
+                            cfg.max_new_tokens, progress=progress)
+    scores = score_answers(model, tok, fmt, [j[2] for j in score_jobs], [j[3] for j in score_jobs], cfg.batch_size,
+                           token_stats=[j[4] for j in score_jobs], progress=progress)
+    gen_by: dict[str, dict] = {n: {} for n in local}
+    sc_by: dict[str, dict] = {n: {} for n in local}
+    for (name, key, _), g in zip(gen_jobs, gens):
+        gen_by[name][key] = g
+    for job, s in zip(score_jobs, scores):
+        sc_by[job[0]][job[1]] = s
+    return {n: _local_rows(local[n], plans[n], gen_by[n], sc_by[n]) for n in local}
 
 
 def _mia_scores(rows: list[dict], k: float) -> dict[str, np.ndarray]:
@@ -166,56 +240,63 @@ def _mia_scores(rows: list[dict], k: float) -> dict[str, np.ndarray]:
         "loss": np.array([mia.loss_score(r["logp"], r["n"]) for r in rows]),
         "zlib": np.array([mia.zlib_score(r["logp"], r["answer"], n_tokens=r["n"]) for r in rows]),
         "min_k": np.array([mia.min_k_score(r["token_logp"], k) for r in rows]),
-        "min_k_plus_plus": np.array([mia.min_k_plus_plus_score(r["token_logp"], r["mu"], r["sigma"], k)
-                                     for r in rows]),
+        "min_k_plus_plus": np.array(
+            [mia.min_k_plus_plus_score(r["token_logp"], r["mu"], r["sigma"], k) for r in rows]
+        ),
     }
 
 
 # ----------------------------------------------------------------------------------------------- the suite
 def evaluate(model, tokenizer, fmt: PromptFormat, sets: dict[str, list[dict]], cfg: EvalConfig | None = None,
              oracle: dict | None = None, accelerator=None, progress: bool = False) -> tuple[dict, list[dict]]:
-    """Evaluate ``model`` on ``sets`` (keys among forget, retain, world_facts, arithmetic, holdout).
+    """Evaluate ``model`` on ``sets`` (keys among forget, retain, world_facts, arithmetic, real_authors, holdout).
 
     Args:
+        model: a causal LM (or a DDP / accelerate wrapper of one), evaluated on its own device.
+        tokenizer: its tokenizer (with a pad token).
+        fmt: how questions become prompts.
+        sets: records in the TOFU schema per set.
+        cfg: suite, batch sizes, generation cap.
         oracle: the retain-only oracle's ``{"metrics": ..., "examples": ...}`` from an earlier call, for
             forget_quality / privleak (None: those metrics are omitted).
+        accelerator: an accelerate ``Accelerator``; with several processes the sets are sharded (every process must
+            call this with the same arguments) and all processes return the same result.
+        progress: show progress bars (main process only).
+
     Returns:
         (metrics, examples): flat ``{name: value}`` and per-example rows (each with ``set`` and ``index``).
     """
-    from tqdm.auto import tqdm
-
     cfg = cfg or EvalConfig()
     shard = _Shard(accelerator)
     was_training = model.training
     model.eval()
-    metrics: dict[str, float] = {}
-    examples: list[dict] = []
-    names = [s for s in (*SETS, "holdout") if s in sets and sets[s]]
+    names = [s for s in (*SETS, "holdout") if sets.get(s)]
     if cfg.suite != "full":
         names = [s for s in names if s != "holdout"]
-    per_set: dict[str, list[dict]] = {}
-    for name in tqdm(names, desc="evaluate", disable=not progress, leave=False):
-        recs = sets[name]
-        mine = shard.indices(len(recs))
-        rows_here = _eval_set(model, tokenizer, fmt, [recs[i] for i in mine], cfg,
-                              "forget" if name == "holdout" else name)
-        rows = shard.gather(rows_here, len(recs))
-        per_set[name] = rows
+    plans = {n: _plan(n, sets[n], cfg.suite) for n in names}
+    local = {n: [sets[n][i] for i in shard.indices(len(sets[n]))] for n in names}
+    local_rows = _run_passes(model, tokenizer, fmt, local, plans, cfg, progress=progress and shard.main)
+    per_set = {n: shard.gather(local_rows[n], len(sets[n])) for n in names}
+
+    metrics: dict[str, float] = {}
+    examples: list[dict] = []
+    for name in names:
+        rows = per_set[name]
         for i, row in enumerate(rows):
-            examples.append({"set": name, "index": i, **{k: v for k, v in row.items()
-                                                          if k not in ("token_logp", "mu", "sigma", "hits")}})
+            examples.append({"set": name, "index": i, **{k: v for k, v in row.items() if k not in _TOKEN_KEYS}})
         if name == "holdout":
             continue
+        p = plans[name]
         metrics[f"{name}_acc"] = _mean(rows, "acc")
         metrics[f"{name}_prob"] = _mean(rows, "norm_prob" if "norm_prob" in rows[0] else "prob")
         metrics[f"{name}_rougeL_recall"] = _mean(rows, "rougeL_recall")
         if cfg.suite == "full":
             metrics[f"{name}_rougeL_f1"] = _mean(rows, "rougeL_f1")
-            if "truth_ratio" in rows[0]:
+            if p.truth_ratio:
                 tr = np.array([r["truth_ratio"] for r in rows])
                 agg = logit.forget_truth_ratio_score if name == "forget" else logit.utility_truth_ratio_score
                 metrics[f"{name}_truth_ratio"] = agg(tr)
-            if "para_acc" in rows[0]:
+            if p.para_question:
                 for k in ("para_acc", "para_prob", "para_rougeL_recall"):
                     metrics[f"{name}_{k}"] = _mean(rows, k)
     if cfg.suite == "full" and "forget" in per_set:

@@ -14,6 +14,7 @@ def register(sub) -> None:
         default="forget10",
         help="comma-separated forget splits whose retain-only oracle to build (tinyfacts)",
     )
+    p.add_argument("--oracle-seed", type=int, help="also train an extra oracle per split with this seed (tinyfacts)")
     p.add_argument("--force", action="store_true", help="rebuild even if cached")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=run)
@@ -27,6 +28,11 @@ def run(args) -> int:
 
         oracles = tuple(s.strip() for s in args.splits.split(",") if s.strip())
         root = build_tinyfacts(args.preset, oracles=oracles, force=args.force, progress=not args.no_progress)
+        if args.oracle_seed is not None:
+            from unlearn.targets.build import build_oracle_seed
+
+            for s in oracles:
+                print(f"extra oracle: {build_oracle_seed(args.preset, s, args.oracle_seed, not args.no_progress)}")
         print(f"tinyfacts ({args.preset}) ready in {root}")
         return 0
     if args.target == "tinyshapes":

@@ -11,6 +11,7 @@ def register(sub) -> None:
     add_data_args(p)
     p.add_argument("--out", help="write metrics.json and examples.jsonl to this directory")
     p.add_argument("--lm-eval-tasks", help="comma-separated lm-eval tasks (built-in tinyfacts_* or any lm-eval task)")
+    p.add_argument("--oracle", help="retain-only oracle to compare with (default: the target's known oracle)")
     p.add_argument("--no-oracle", action="store_true", help="skip the oracle (no forget_quality / privleak)")
     p.set_defaults(func=run)
 
@@ -30,6 +31,11 @@ def run(args) -> int:
     if out is not None and (out / "metrics.json").exists():
         raise UnlearnError(f"{out / 'metrics.json'} exists; choose another --out (nothing is overwritten)")
     tgt = load_target(args.model, args.benchmark, args.split, args.prompt)
+    if args.oracle:
+        from unlearn.targets.llm import resolve_model_dir
+
+        resolve_model_dir(args.oracle)  # fail early, with the usual one-line errors
+        tgt.oracle_dir = args.oracle
     sets, _, _ = load_sets(args.benchmark, args.split, tgt, DataFiles(args.forget, args.retain, args.holdout))
     ecfg = EvalConfig(suite=args.suite)
     oracle = None

@@ -197,6 +197,7 @@ def _run(model, tokenizer, tasks, sets, batch_size, limit) -> dict[str, float]:
         raise UnlearnError("unknown lm-eval task(s): " + "; ".join(
             f"{t}" + (f" (did you mean {', '.join(h)}?)" if h else "") for t, h in hints.items())
             + f"; built-in: {', '.join(BUILTIN_TASKS)}")
+    _quiet()
     lm = _unwrap(model)
     was_training = lm.training
     lm.eval()
@@ -208,6 +209,19 @@ def _run(model, tokenizer, tasks, sets, batch_size, limit) -> dict[str, float]:
         if was_training:
             lm.train()
     return flatten_results(res, tasks)
+
+
+def _quiet() -> None:
+    """lm-eval warns that an in-memory model ignores model args (expected here); datasets draws a bar per file."""
+    import logging
+
+    logging.getLogger("lm_eval").setLevel(logging.ERROR)
+    try:
+        import datasets
+
+        datasets.disable_progress_bars()
+    except ImportError:  # pragma: no cover - lm_eval depends on datasets
+        pass
 
 
 def flatten_results(res: dict, tasks: list[str]) -> dict[str, float]:

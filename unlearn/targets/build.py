@@ -304,6 +304,37 @@ def _rm(p: Path) -> None:
     shutil.rmtree(p)
 
 
+def build_oracle_seed(cfg: BuildConfig | str, forget_split: str, seed: int, progress: bool = True, log=print) -> Path:
+    """An extra retain-only oracle trained with another seed (``oracle_<split>_seed<k>``), same recipe otherwise.
+
+    Two oracles differ only by training noise, so forget quality of one against the other shows what "perfectly
+    unlearned" looks like on this benchmark.
+    """
+    from unlearn.targets.llm import load_tokenizer, save_model
+
+    if isinstance(cfg, str):
+        cfg = get_preset(cfg)
+    build_tinyfacts(cfg, oracles=(forget_split,), progress=progress, log=log)
+    d = model_dir(cfg, f"oracle_{forget_split}_seed{seed}")
+    if (d / "build.json").exists():
+        return d
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    splits = generate(cfg.data)
+    tok = load_tokenizer(str(target_root(cfg) / "tokenizer"))
+    seeded = replace(cfg, seed=seed)
+    model, secs = train_qa_model(
+        seeded, tok, training_set(splits, forget_split), desc=f"oracle seed {seed}", progress=progress
+    )
+    acc = _accuracy_report(model, tok, splits, forget_split)
+    save_model(model, tok, d)
+    atomic_write_json(
+        d / "build.json", {"which": d.name, "seconds": round(secs, 1), "accuracy": acc, "recipe": asdict(seeded)}
+    )
+    log(f"{d.name}: trained in {secs:.0f}s; exact-match " + ", ".join(f"{k} {v:.3f}" for k, v in acc.items()))
+    return d
+
+
 def ensure_built(cfg: BuildConfig | str = "default", forget_split: str | None = "forget10", log=print) -> Path:
     """Build what a run needs if it is missing (target + the oracle of ``forget_split``)."""
     if isinstance(cfg, str):

@@ -1,0 +1,26 @@
+"""The default embedded target meets the issue's bars (slow: builds target + forget10 oracle, ~5 min on 2 cores).
+
+* the target's greedy answer equals the reference exactly for >= 90% of forget10 questions;
+* the forget10 oracle's forget10 accuracy is at most twice the majority baseline (always answering each
+  attribute's most frequent retain value);
+* target and oracle are within 5 points on retain, world_facts and held-out arithmetic.
+"""
+
+import json
+
+import pytest
+
+from unlearn.data.tinyfacts import generate, majority_baseline
+from unlearn.targets.build import build_tinyfacts, get_preset
+
+
+@pytest.mark.slow
+def test_default_target_and_oracle_meet_the_bars(unlearn_home):
+    root = build_tinyfacts("default", oracles=("forget10",), progress=False, log=lambda *a: None)
+    tgt = json.loads((root / "target" / "build.json").read_text())
+    orc = json.loads((root / "oracle_forget10" / "build.json").read_text())
+    base = majority_baseline(generate(get_preset("default").data), "forget10")
+    assert tgt["accuracy"]["forget10"] >= 0.90
+    assert orc["accuracy"]["forget10"] <= 2 * base
+    for s in ("retain90", "world_facts", "arithmetic"):
+        assert abs(tgt["accuracy"][s] - orc["accuracy"][s]) <= 0.05, s

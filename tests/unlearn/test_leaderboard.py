@@ -1,0 +1,110 @@
+"""Leaderboard on synthetic run trees (hand-written metrics.json): rows, mean/std, incomplete runs, files."""
+
+import json
+
+import pandas as pd
+import pytest
+
+from unlearn.cli import main
+from unlearn.leaderboard import collect, summarize, write_leaderboard
+
+
+def _run(root, method, split, seed, metrics=None, status=None, config=True):
+    d = root / "tinyfacts" / "tiny" / method / split / f"seed{seed}"
+    d.mkdir(parents=True)
+    if config:
+        (d / "config.json").write_text(json.dumps({"benchmark": "tinyfacts", "model": "tiny", "method": method,
+                                                   "split": split, "seed": seed}))
+    if metrics is not None:
+        (d / "metrics.json").write_text(json.dumps({"schema_version": 1, **metrics}))
+    if status is not None:
+        (d / "status.json").write_text(json.dumps(status))
+    return d
+
+
+def _m(fq, mu, acc, seconds=10.0):
+    return {"forget_quality": fq, "model_utility": mu, "forget_acc": acc, "retain_acc": 0.9, "privleak": -50.0,
+            "cost_steps": 20, "cost_tokens": 4000, "cost_seconds": seconds}
+
+
+@pytest.fixture
+def tree(tmp_path):
+    root = tmp_path / "runs"
+    _run(root, "npo", "forget10", 0, _m(0.1, 0.5, 0.2), {"state": "finished"})
+    _run(root, "npo", "forget10", 1, _m(0.3, 0.7, 0.4, seconds=12.0), {"state": "finished"})
+    _run(root, "ga", "forget10", 0, _m(1e-12, 0.0, 0.0), {"state": "finished"})
+    _run(root, "ga", "forget01", 0, _m(0.0, 0.4, 0.5))  # forget quality underflowed to 0: still plotted
+    _run(root, "ga", "forget10", 1, None, {"state": "failed", "reason": "loss diverged (nan) at step 3"})
+    _run(root, "simnpo", "forget10", 0, None, {"state": "running"})  # killed mid-run
+    _run(root, "graddiff", "forget05", 2, None, None, config=False)  # nothing but the folder
+    # metrics.json present but the status says failed (e.g. written by an older version, then marked): not counted
+    _run(root, "npo", "forget05", 0, _m(0.5, 0.5, 0.5), {"state": "failed", "reason": "eval crashed"})
+    return root
+
+
+REFS = [{"benchmark": "tinyfacts", "model": "tiny", "split": "forget10", "which": "target", "forget_quality": 1e-9,
+         "model_utility": 0.8, "forget_acc": 1.0},
+        {"benchmark": "tinyfacts", "model": "tiny", "split": "forget10", "which": "oracle", "model_utility": 0.78,
+         "forget_acc": 0.15}]
+
+
+def test_collect_rows_and_incomplete(tree):
+    rows, inc = collect(tree)
+    assert sorted((r["method"], r["split"], r["seed"]) for r in rows) == [
+        ("ga", "forget01", 0), ("ga", "forget10", 0), ("npo", "forget10", 0), ("npo", "forget10", 1)]
+    r = next(r for r in rows if r["method"] == "npo" and r["seed"] == 1)
+    assert r["benchmark"] == "tinyfacts" and r["model"] == "tiny" and r["cost_seconds"] == 12.0
+    assert "schema_version" not in r
+    states = {(i["method"], i["split"], i["seed"]): i["state"] for i in inc}
+    assert states == {("ga", "forget10", 1): "failed", ("simnpo", "forget10", 0): "running",
+                      ("graddiff", "forget05", 2): "interrupted", ("npo", "forget05", 0): "failed"}
+    assert next(i for i in inc if i["method"] == "ga")["reason"].startswith("loss diverged")
+
+
+def test_summary_mean_std(tree):
+    rows, _ = collect(tree)
+    s = summarize(rows).set_index(["method", "split"])
+    npo = s.loc[("npo", "forget10")]
+    assert npo["n_seeds"] == 2 and npo["seeds"] == "0 1"
+    assert npo["forget_quality_mean"] == pytest.approx(0.2)
+    assert npo["forget_quality_std"] == pytest.approx(0.1414213562, rel=1e-6)  # sample std of (0.1, 0.3)
+    assert npo["cost_seconds_mean"] == pytest.approx(11.0)
+    assert pd.isna(s.loc[("ga", "forget10")]["forget_quality_std"])  # one seed: no std
+
+
+def test_write_leaderboard_files(tree, tmp_path):
+    out = tmp_path / "results"
+    paths = write_leaderboard(tree, out, references=REFS, command="unlearn leaderboard runs --out results")
+    for p in paths.values():
+        assert p.exists() and p.stat().st_size > 0, p
+    runs = pd.read_csv(paths["csv"])
+    assert list(runs.columns[:5]) == ["benchmark", "model", "method", "split", "seed"]
+    assert {"cost_steps", "cost_tokens", "cost_seconds", "forget_quality", "model_utility"} <= set(runs.columns)
+    assert len(runs) == 4
+    inc = pd.read_csv(paths["incomplete"])
+    assert len(inc) == 4 and set(inc["state"]) == {"failed", "running", "interrupted"}
+    summ = pd.read_csv(paths["summary"])
+    assert len(summ) == 3 and "forget_quality_mean" in summ and "forget_quality_std" in summ
+    md = paths["md"].read_text()
+    assert "forget_quality ↑" in md and "forget_acc ≈oracle" in md and "cost_seconds ↓" in md
+    assert "0.200 ± 0.141" in md  # npo forget10 forget quality
+    assert "loss diverged" in md and "simnpo" in md  # incomplete runs listed
+    assert "| tinyfacts | tiny | forget10 | oracle | 1.000 |" in md  # oracle's forget quality vs itself
+    refs = pd.read_csv(paths["references"])
+    assert list(refs["which"]) == ["target", "oracle"]
+    assert paths["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_cli(tree, tmp_path, capsys):
+    out = tmp_path / "res"
+    assert main(["leaderboard", str(tree), "--out", str(out), "--no-references"]) == 0
+    text = capsys.readouterr().out
+    assert "4 finished run(s); 4 incomplete or failed" in text
+    assert (out / "leaderboard.png").exists() and (out / "leaderboard_incomplete.csv").exists()
+
+
+def test_errors(tmp_path, capsys):
+    assert main(["leaderboard", str(tmp_path / "missing"), "--out", str(tmp_path / "o")]) == 2
+    (tmp_path / "empty").mkdir()
+    assert main(["leaderboard", str(tmp_path / "empty"), "--out", str(tmp_path / "o")]) == 2
+    assert "no runs found" in capsys.readouterr().err
