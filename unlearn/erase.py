@@ -47,7 +47,12 @@ def method_config(method: str, overrides: dict):
 
     if method not in ERASE_METHODS:
         raise unknown_name("erase method", method, ERASE_METHODS)
-    cfg = {"uce": UCEConfig(), "rece": RECEConfig(), "ga": DiffusionGradConfig("ga"), "npo": DiffusionGradConfig("npo")}
+    cfg = {
+        "uce": UCEConfig(),
+        "rece": RECEConfig(),
+        "ga": DiffusionGradConfig("ga"),
+        "npo": DiffusionGradConfig("npo"),
+    }
     cfg = cfg.get(method)
     for key, raw in overrides.items():
         names = [f.name for f in dataclasses.fields(cfg)] if cfg is not None else []
@@ -83,9 +88,9 @@ def _prompt_sets(concept: str, images_per_prompt: int) -> dict[str, list[dict]]:
 def evaluate(target, orig_unet, W0, concept: str, cfg: EraseConfig) -> tuple[dict, list[dict]]:
     """All erasure metrics of the current ``target`` (original layers W0, original UNet for CKA)."""
     from unlearn.data.tinyshapes import BACKGROUNDS, COLOURS, SHAPES, concept_kind
+    from unlearn.methods.rece import kv_weights
     from unlearn.metrics.diffusion import adversarial_attack, classify, erasure_metrics, score, unet_activations
     from unlearn.metrics.representation import linear_cka
-    from unlearn.methods.rece import kv_weights
     from unlearn.targets.diffusion import encode_prompts, sample
 
     names = {"shape": list(SHAPES), "colour": list(COLOURS), "background": list(BACKGROUNDS)}
@@ -94,7 +99,11 @@ def evaluate(target, orig_unet, W0, concept: str, cfg: EraseConfig) -> tuple[dic
     examples = []
     cond_f = encode_prompts(target, [r["prompt"] for r in sets["forget"]])
     adv = adversarial_attack(kv_weights(target.unet), W0, cond_f, cfg.attack_reg)
-    jobs = [(sets["eval"], None), (sets["paraphrase"], None), ([dict(r, set="adversarial") for r in sets["forget"]], adv)]
+    jobs = [
+        (sets["eval"], None),
+        (sets["paraphrase"], None),
+        ([dict(r, set="adversarial") for r in sets["forget"]], adv),
+    ]
     for rows, cond in jobs:
         cond = encode_prompts(target, [r["prompt"] for r in rows]) if cond is None else cond
         imgs = sample(target, cond, **kw)
@@ -102,7 +111,9 @@ def evaluate(target, orig_unet, W0, concept: str, cfg: EraseConfig) -> tuple[dic
     metrics = erasure_metrics(examples, concept, concept_kind(concept))
     cond_r = encode_prompts(target, [r["prompt"] for r in sets["eval"] if concept not in r.values()])
     for key, cond in (("cka_forget", cond_f), ("cka_retain", cond_r)):
-        metrics[key] = linear_cka(unet_activations(orig_unet, cond, cfg.seed), unet_activations(target.unet, cond, cfg.seed))
+        metrics[key] = linear_cka(
+            unet_activations(orig_unet, cond, cfg.seed), unet_activations(target.unet, cond, cfg.seed)
+        )
     return metrics, examples
 
 
@@ -126,7 +137,9 @@ def apply_method(target, method: str, mcfg, concept: str, cfg: EraseConfig, on_r
 
     def pairs(rows):  # (x0 drawn by the original model, its prompt's embedding), 4 per prompt
         cond = encode_prompts(target, [r["prompt"] for r in rows for _ in range(4)])
-        return sample(target, cond, seed=cfg.seed + 1, steps=cfg.sample_steps, guidance=cfg.guidance, latents=True), cond
+        return sample(
+            target, cond, seed=cfg.seed + 1, steps=cfg.sample_steps, guidance=cfg.guidance, latents=True
+        ), cond
 
     forget = pairs(eval_prompts(concept))
     retain = pairs([r for r in eval_prompts() if concept not in r.values()])
@@ -163,7 +176,8 @@ def run_erase(cfg: EraseConfig, log=print) -> Path:
 
     def on_round(r, info):
         m, _ = evaluate(target, orig_unet, W0, cfg.concept, cfg)
-        rounds.append({"round": r, **m})
+        edit_s = info["uce"]["edit_seconds"] + sum(x["edit_seconds"] for x in info.get("rounds", []))
+        rounds.append({"round": r, **m, "edit_seconds": edit_s})
         log(f"round {r}: erasure {m['erasure_rate']:.3f}, adversarial ASR {m['adversarial_attack_success']:.3f}")
 
     info = apply_method(target, cfg.method, mcfg, cfg.concept, cfg, on_round=on_round)

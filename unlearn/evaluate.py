@@ -83,9 +83,17 @@ def _buckets(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
 
 
 @torch.no_grad()
-def score_answers(model, tokenizer, fmt: PromptFormat, questions: Sequence[str], answers: Sequence[str],
-                  batch_size: int = 64, token_stats: bool | Sequence[bool] = False, progress: bool = False,
-                  desc: str = "score") -> list[dict]:
+def score_answers(
+    model,
+    tokenizer,
+    fmt: PromptFormat,
+    questions: Sequence[str],
+    answers: Sequence[str],
+    batch_size: int = 64,
+    token_stats: bool | Sequence[bool] = False,
+    progress: bool = False,
+    desc: str = "score",
+) -> list[dict]:
     """Teacher-forced answer log-probs.
 
     Args:
@@ -122,15 +130,26 @@ def score_answers(model, tokenizer, fmt: PromptFormat, questions: Sequence[str],
             r = {"logp": float(lp_c[sel].sum()), "n": int(sel.sum())}
             if want[j]:
                 ks = krow == j
-                r.update(token_logp=lp_c[sel].tolist(), mu=mu[ks].tolist(), sigma=sigma[ks].tolist(),
-                         hits=hits[ks].astype(int).tolist())
+                r.update(
+                    token_logp=lp_c[sel].tolist(),
+                    mu=mu[ks].tolist(),
+                    sigma=sigma[ks].tolist(),
+                    hits=hits[ks].astype(int).tolist(),
+                )
             res[i] = r
     return res  # type: ignore[return-value]
 
 
 @torch.no_grad()
-def generate_answers(model, tokenizer, fmt: PromptFormat, questions: Sequence[str], batch_size: int = 64,
-                     max_new_tokens: int = 32, progress: bool = False) -> list[str]:
+def generate_answers(
+    model,
+    tokenizer,
+    fmt: PromptFormat,
+    questions: Sequence[str],
+    batch_size: int = 64,
+    max_new_tokens: int = 32,
+    progress: bool = False,
+) -> list[str]:
     """Greedy answers (decoded, stripped), in length-sorted batches; each sequence stops at its EOS."""
     from tqdm.auto import tqdm
 
@@ -139,8 +158,9 @@ def generate_answers(model, tokenizer, fmt: PromptFormat, questions: Sequence[st
     lm = _unwrap(model)  # generate() lives on the transformers model, not on a DDP wrapper
     prompts = [encode_prompt(tokenizer, fmt, q) for q in questions]
     out: list[str | None] = [None] * len(prompts)
-    for idx in tqdm(_buckets([len(p) for p in prompts], batch_size), desc="generate", disable=not progress,
-                    leave=False):
+    for idx in tqdm(
+        _buckets([len(p) for p in prompts], batch_size), desc="generate", disable=not progress, leave=False
+    ):
         gen = greedy_generate(lm, tokenizer, [prompts[i] for i in idx], max_new_tokens=max_new_tokens)
         for i, g in zip(idx, gen):
             out[i] = tokenizer.decode(g, skip_special_tokens=True).strip()
@@ -165,10 +185,15 @@ def _plan(name: str, recs: list[dict], suite: str) -> _Plan:
     full = suite == "full"
     holdout = name == "holdout"
     tr = full and not holdout and all(r.get("perturbed_answer") for r in recs)
-    return _Plan(name=name, generate=not holdout, stats=full and name in ("forget", "holdout"), truth_ratio=tr,
-                 k=min(len(r["perturbed_answer"]) for r in recs) if tr else 0,
-                 para_answer=tr and name not in OPTION_SETS,
-                 para_question=full and not holdout and all(r.get("paraphrased_question") for r in recs))
+    return _Plan(
+        name=name,
+        generate=not holdout,
+        stats=full and name in ("forget", "holdout"),
+        truth_ratio=tr,
+        k=min(len(r["perturbed_answer"]) for r in recs) if tr else 0,
+        para_answer=tr and name not in OPTION_SETS,
+        para_question=full and not holdout and all(r.get("paraphrased_question") for r in recs),
+    )
 
 
 def _local_rows(recs: list[dict], p: _Plan, gen: dict, sc: dict) -> list[dict]:
@@ -176,13 +201,17 @@ def _local_rows(recs: list[dict], p: _Plan, gen: dict, sc: dict) -> list[dict]:
     rows = []
     for j, r in enumerate(recs):
         s = sc[("answer", j)]
-        row = {"question": r["question"], "answer": r["answer"], "logp": s["logp"], "n": s["n"],
-               "prob": float(np.exp(s["logp"] / max(s["n"], 1)))}
+        row = {
+            "question": r["question"],
+            "answer": r["answer"],
+            "logp": s["logp"],
+            "n": s["n"],
+            "prob": float(np.exp(s["logp"] / max(s["n"], 1))),
+        }
         if p.generate:
             g = gen[("question", j)]
             rec, f1 = logit.rouge_l(g, r["answer"])
-            row.update(generation=g, acc=float(logit.exact_match_acc(g, r["answer"])), rougeL_recall=rec,
-                       rougeL_f1=f1)
+            row.update(generation=g, acc=float(logit.exact_match_acc(g, r["answer"])), rougeL_recall=rec, rougeL_f1=f1)
         for k in _TOKEN_KEYS:
             if k in s:
                 row[k] = s[k]
@@ -197,15 +226,19 @@ def _local_rows(recs: list[dict], p: _Plan, gen: dict, sc: dict) -> list[dict]:
                 row["truth_ratio"] = float(logit.truth_ratio([pa["logp"]], [pa["n"]], pl, pn)[0])
         if p.para_question:
             g, ps = gen[("para_question", j)], sc[("para_question", j)]
-            row.update(para_generation=g, para_acc=float(logit.exact_match_acc(g, r["answer"])),
-                       para_prob=float(np.exp(ps["logp"] / max(ps["n"], 1))),
-                       para_rougeL_recall=logit.rouge_l(g, r["answer"])[0])
+            row.update(
+                para_generation=g,
+                para_acc=float(logit.exact_match_acc(g, r["answer"])),
+                para_prob=float(np.exp(ps["logp"] / max(ps["n"], 1))),
+                para_rougeL_recall=logit.rouge_l(g, r["answer"])[0],
+            )
         rows.append(row)
     return rows
 
 
-def _run_passes(model, tok, fmt, local: dict[str, list[dict]], plans: dict[str, _Plan], cfg: EvalConfig,
-                progress: bool) -> dict[str, list[dict]]:
+def _run_passes(
+    model, tok, fmt, local: dict[str, list[dict]], plans: dict[str, _Plan], cfg: EvalConfig, progress: bool
+) -> dict[str, list[dict]]:
     """The generation pass and the scoring pass over every set's local records -> local rows per set."""
     gen_jobs, score_jobs = [], []  # (set, key, question) / (set, key, question, answer, stats)
     for name, recs in local.items():
@@ -215,17 +248,33 @@ def _run_passes(model, tok, fmt, local: dict[str, list[dict]], plans: dict[str, 
                 gen_jobs.append((name, ("question", j), r["question"]))
             score_jobs.append((name, ("answer", j), r["question"], r["answer"], p.stats))
             if p.para_answer:
-                score_jobs.append((name, ("para_answer", j), r["question"], r.get("paraphrased_answer") or r["answer"],
-                                   False))
+                score_jobs.append(
+                    (name, ("para_answer", j), r["question"], r.get("paraphrased_answer") or r["answer"], False)
+                )
             for i in range(p.k):
                 score_jobs.append((name, ("perturbed", j, i), r["question"], r["perturbed_answer"][i], False))
             if p.para_question:
                 gen_jobs.append((name, ("para_question", j), r["paraphrased_question"]))
                 score_jobs.append((name, ("para_question", j), r["paraphrased_question"], r["answer"], False))
-    gens = generate_answers(model, tok, fmt, [q for _, _, q in gen_jobs], cfg.gen_batch_size or cfg.batch_size,
-                            cfg.max_new_tokens, progress=progress)
-    scores = score_answers(model, tok, fmt, [j[2] for j in score_jobs], [j[3] for j in score_jobs], cfg.batch_size,
-                           token_stats=[j[4] for j in score_jobs], progress=progress)
+    gens = generate_answers(
+        model,
+        tok,
+        fmt,
+        [q for _, _, q in gen_jobs],
+        cfg.gen_batch_size or cfg.batch_size,
+        cfg.max_new_tokens,
+        progress=progress,
+    )
+    scores = score_answers(
+        model,
+        tok,
+        fmt,
+        [j[2] for j in score_jobs],
+        [j[3] for j in score_jobs],
+        cfg.batch_size,
+        token_stats=[j[4] for j in score_jobs],
+        progress=progress,
+    )
     gen_by: dict[str, dict] = {n: {} for n in local}
     sc_by: dict[str, dict] = {n: {} for n in local}
     for (name, key, _), g in zip(gen_jobs, gens):
@@ -247,8 +296,16 @@ def _mia_scores(rows: list[dict], k: float) -> dict[str, np.ndarray]:
 
 
 # ----------------------------------------------------------------------------------------------- the suite
-def evaluate(model, tokenizer, fmt: PromptFormat, sets: dict[str, list[dict]], cfg: EvalConfig | None = None,
-             oracle: dict | None = None, accelerator=None, progress: bool = False) -> tuple[dict, list[dict]]:
+def evaluate(
+    model,
+    tokenizer,
+    fmt: PromptFormat,
+    sets: dict[str, list[dict]],
+    cfg: EvalConfig | None = None,
+    oracle: dict | None = None,
+    accelerator=None,
+    progress: bool = False,
+) -> tuple[dict, list[dict]]:
     """Evaluate ``model`` on ``sets`` (keys among forget, retain, world_facts, arithmetic, real_authors, holdout).
 
     Args:

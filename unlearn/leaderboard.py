@@ -28,9 +28,20 @@ from unlearn.store import read_json, read_status
 
 KEYS = ["benchmark", "model", "method", "split"]
 # the markdown's columns, when present (every metric is in the CSVs)
-HEADLINE = ["forget_quality", "model_utility", "forget_acc", "forget_rougeL_recall", "forget_truth_ratio",
-            "retain_acc", "retain_rougeL_recall", "world_facts_acc", "arithmetic_acc", "privleak", "mia_min_k_auc",
-            "cost_seconds"]
+HEADLINE = [
+    "forget_quality",
+    "model_utility",
+    "forget_acc",
+    "forget_rougeL_recall",
+    "forget_truth_ratio",
+    "retain_acc",
+    "retain_rougeL_recall",
+    "world_facts_acc",
+    "arithmetic_acc",
+    "privleak",
+    "mia_min_k_auc",
+    "cost_seconds",
+]
 ARROWS = {"higher": "↑", "lower": "↓", "oracle": "≈oracle"}
 REF_COLOURS = {"target": "black", "oracle": "gold"}
 FQ_FLOOR = 1e-30  # forget quality is a p-value that can underflow to 0: plotted at this floor on the log axis
@@ -103,8 +114,11 @@ def _num(v):
 
 def metric_columns(rows: list[dict]) -> list[str]:
     """Numeric metric columns in first-seen order, costs last."""
-    cols = list(dict.fromkeys(k for r in rows for k, v in r.items()
-                              if k not in KEYS and k != "seed" and isinstance(v, (int, float))))
+    cols = list(
+        dict.fromkeys(
+            k for r in rows for k, v in r.items() if k not in KEYS and k != "seed" and isinstance(v, (int, float))
+        )
+    )
     return [c for c in cols if not c.startswith("cost_")] + [c for c in cols if c.startswith("cost_")]
 
 
@@ -155,16 +169,28 @@ def compute_references(runs: str | Path, log=print) -> list[dict]:
             continue
         for which in ("target", "oracle"):
             if which in cols:
-                refs.append({"benchmark": bench, "model": model, "split": split, "which": which,
-                             **{k: _num(v) for k, v in cols[which].items() if k != "schema_version"}})
+                refs.append(
+                    {
+                        "benchmark": bench,
+                        "model": model,
+                        "split": split,
+                        "which": which,
+                        **{k: _num(v) for k, v in cols[which].items() if k != "schema_version"},
+                    }
+                )
     return refs
 
 
-def _fq(m: dict, which: str) -> float:
-    """Forget quality of a reference: the oracle against itself is 1 by definition (KS p-value of equal samples)."""
-    v = m.get("forget_quality")
-    if (v is None or (isinstance(v, float) and math.isnan(v))) and which == "oracle":
-        return 1.0
+# what the oracle scores against itself by definition (it is evaluated without a reference, so these are missing)
+ORACLE_SELF = {"forget_quality": 1.0, "privleak": 0.0}
+
+
+def _ref(m: dict, key: str):
+    """A reference's metric; the oracle's forget quality against itself is 1 (KS p-value of equal samples) and its
+    privleak 0."""
+    v = m.get(key)
+    if (v is None or (isinstance(v, float) and math.isnan(v))) and m.get("which") == "oracle":
+        return ORACLE_SELF.get(key, v)
     return v
 
 
@@ -195,9 +221,12 @@ def markdown(summary, refs: list[dict], incomplete: list[dict], command: str | N
     lines = ["# Leaderboard", ""]
     if command:
         lines += [f"Produced by `{command}`.", ""]
-    lines += ["Mean ± sample std across seeds. Arrows: ↑ higher is better, ↓ lower is better, ≈oracle closest to the "
-              "retain-only oracle is best. Every metric of every run is in `leaderboard.csv` (per run) and "
-              "`leaderboard_summary.csv` (mean/std).", ""]
+    lines += [
+        "Mean ± sample std across seeds. Arrows: ↑ higher is better, ↓ lower is better, ≈oracle closest to the "
+        "retain-only oracle is best. Every metric of every run is in `leaderboard.csv` (per run) and "
+        "`leaderboard_summary.csv` (mean/std).",
+        "",
+    ]
     lines.append("| " + " | ".join([*KEYS, "seeds", *map(head, cols)]) + " |")
     lines.append("|" + " --- |" * (len(KEYS) + 1 + len(cols)))
     for _, r in summary.iterrows():
@@ -207,21 +236,29 @@ def markdown(summary, refs: list[dict], incomplete: list[dict], command: str | N
             cells.append(_fmt(m) + (f" ± {_fmt(s)}" if _fmt(s) else ""))
         lines.append("| " + " | ".join(cells) + " |")
     if refs:
-        lines += ["", "## Reference points", "", "The target before unlearning and the retain-only oracle "
-                  "(forget quality of the oracle against itself is 1 by definition).", ""]
+        lines += [
+            "",
+            "## Reference points",
+            "",
+            "The target before unlearning and the retain-only oracle "
+            "(the oracle against itself: forget quality 1 and privleak 0 by definition).",
+            "",
+        ]
         rcols = [c for c in HEADLINE if any(c in r for r in refs) and not c.startswith("cost_")]
         lines.append("| " + " | ".join(["benchmark", "model", "split", "model evaluated", *map(head, rcols)]) + " |")
         lines.append("|" + " --- |" * (4 + len(rcols)))
         for r in refs:
-            vals = [_fmt(_fq(r, r["which"]) if c == "forget_quality" else r.get(c)) for c in rcols]
+            vals = [_fmt(_ref(r, c)) for c in rcols]
             lines.append("| " + " | ".join([r["benchmark"], r["model"], r["split"], r["which"], *vals]) + " |")
     lines += ["", "## Incomplete or failed runs", ""]
     if incomplete:
         lines += ["| benchmark | model | method | split | seed | state | reason |", "|" + " --- |" * 7]
         for r in incomplete:
             reason = str(r["reason"]).replace("|", "/").replace("\n", " ")[:200]
-            lines.append(f"| {r['benchmark']} | {r['model']} | {r['method']} | {r['split']} | {r['seed']} | "
-                         f"{r['state']} | {reason} |")
+            lines.append(
+                f"| {r['benchmark']} | {r['model']} | {r['method']} | {r['split']} | {r['seed']} | "
+                f"{r['state']} | {reason} |"
+            )
     else:
         lines.append("None.")
     return "\n".join(lines) + "\n"
@@ -250,23 +287,35 @@ def plot(summary, refs: list[dict], path: Path) -> None:
             if x is None or y is None or math.isnan(x) or math.isnan(y):
                 continue
             xe, ye = r.get("model_utility_std", math.nan), r.get("forget_quality_std", math.nan)
-            ax.errorbar(x, max(y, FQ_FLOOR), xerr=None if math.isnan(xe) else xe,
-                        yerr=None if math.isnan(ye) else [[min(ye, max(y, FQ_FLOOR) - FQ_FLOOR)], [ye]],
-                        fmt=markers.get(r["split"], "D"), color=colour[r["method"]], ms=7, capsize=2, alpha=0.9)
+            ax.errorbar(
+                x,
+                max(y, FQ_FLOOR),
+                xerr=None if math.isnan(xe) else xe,
+                yerr=None if math.isnan(ye) else [[min(ye, max(y, FQ_FLOOR) - FQ_FLOOR)], [ye]],
+                fmt=markers.get(r["split"], "D"),
+                color=colour[r["method"]],
+                ms=7,
+                capsize=2,
+                alpha=0.9,
+            )
         ref_splits = sorted({r["split"] for r in refs})
         for ref in refs:
             if (ref["benchmark"], ref["model"]) != (bench, model):
                 continue
-            x, y = ref.get("model_utility"), _fq(ref, ref["which"])
+            x, y = ref.get("model_utility"), _ref(ref, "forget_quality")
             if x is None or y is None or math.isnan(x) or math.isnan(y):
                 continue
             c = REF_COLOURS[ref["which"]]
-            ax.scatter([x], [max(y, FQ_FLOOR)], marker="*", s=240, color=c, edgecolor="black", linewidth=0.6,
-                       zorder=5)
+            ax.scatter([x], [max(y, FQ_FLOOR)], marker="*", s=240, color=c, edgecolor="black", linewidth=0.6, zorder=5)
             k = ref_splits.index(ref["split"])  # stagger the labels of the splits' references
-            ax.annotate(f"{ref['which']} ({ref['split']})", (x, max(y, FQ_FLOOR)), textcoords="offset points",
-                        xytext=(-8, -14 - 9 * k if ref["which"] == "target" else 8 + 9 * k), fontsize=7,
-                        ha="right")
+            ax.annotate(
+                f"{ref['which']} ({ref['split']})",
+                (x, max(y, FQ_FLOOR)),
+                textcoords="offset points",
+                xytext=(-8, -14 - 9 * k if ref["which"] == "target" else 8 + 9 * k),
+                fontsize=7,
+                ha="right",
+            )
         ax.margins(x=0.12, y=0.15)
         ax.set_yscale("log")
         ax.set_xlabel("model utility  (higher is better)")
@@ -278,13 +327,24 @@ def plot(summary, refs: list[dict], path: Path) -> None:
     handles = [Line2D([], [], color=colour[m], marker="o", ls="", label=m) for m in methods]
     splits = sorted(set(summary["split"])) if len(summary) else []
     handles += [Line2D([], [], color="grey", marker=markers.get(s, "D"), ls="", label=s) for s in splits]
-    handles += [Line2D([], [], color=REF_COLOURS["target"], marker="*", ls="", ms=13, mec="black",
-                       label="target (before unlearning)"),
-                Line2D([], [], color=REF_COLOURS["oracle"], marker="*", ls="", ms=13, mec="black",
-                       label="retain-only oracle")]
+    handles += [
+        Line2D(
+            [],
+            [],
+            color=REF_COLOURS["target"],
+            marker="*",
+            ls="",
+            ms=13,
+            mec="black",
+            label="target (before unlearning)",
+        ),
+        Line2D([], [], color=REF_COLOURS["oracle"], marker="*", ls="", ms=13, mec="black", label="retain-only oracle"),
+    ]
     axes[0][-1].legend(handles=handles, fontsize=8, loc="best", framealpha=0.8)
-    fig.suptitle(f"Forget quality vs model utility (mean ± std over seeds; forget quality < {FQ_FLOOR:g} drawn at it)",
-                 fontsize=10)
+    fig.suptitle(
+        f"Forget quality vs model utility (mean ± std over seeds; forget quality < {FQ_FLOOR:g} drawn at it)",
+        fontsize=10,
+    )
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp.png")
@@ -299,8 +359,14 @@ def _write_csv(df, path: Path) -> None:
     atomic_write_text(path, df.to_csv(index=False, float_format="%.6g"))
 
 
-def write_leaderboard(runs: str | Path, out: str | Path, references: list[dict] | None = None,
-                      with_references: bool = True, command: str | None = None, log=print) -> dict[str, Path]:
+def write_leaderboard(
+    runs: str | Path,
+    out: str | Path,
+    references: list[dict] | None = None,
+    with_references: bool = True,
+    command: str | None = None,
+    log=print,
+) -> dict[str, Path]:
     """Collect ``runs`` and write every leaderboard output into ``out``.
 
     Args:
@@ -327,9 +393,14 @@ def write_leaderboard(runs: str | Path, out: str | Path, references: list[dict] 
     rcols = metric_columns(references)
     refs_df = pd.DataFrame(references, columns=["benchmark", "model", "split", "which", *rcols])
     inc_df = pd.DataFrame(incomplete, columns=[*KEYS, "seed", "state", "reason", "path"])
-    paths = {"csv": out / "leaderboard.csv", "summary": out / "leaderboard_summary.csv",
-             "references": out / "leaderboard_references.csv", "incomplete": out / "leaderboard_incomplete.csv",
-             "md": out / "leaderboard.md", "png": out / "leaderboard.png"}
+    paths = {
+        "csv": out / "leaderboard.csv",
+        "summary": out / "leaderboard_summary.csv",
+        "references": out / "leaderboard_references.csv",
+        "incomplete": out / "leaderboard_incomplete.csv",
+        "md": out / "leaderboard.md",
+        "png": out / "leaderboard.png",
+    }
     _write_csv(runs_df, paths["csv"])
     _write_csv(summary, paths["summary"])
     _write_csv(refs_df, paths["references"])

@@ -153,7 +153,7 @@ def setup(model, f_items: list, method, mcfg, tcfg: TrainConfig, pad_id: int, sp
 
     cuda = torch.cuda.is_available()
     bf16 = tcfg.precision == "bf16" or (tcfg.precision == "auto" and cuda)
-    acc = accelerator or Accelerator(mixed_precision="bf16" if bf16 and cuda else "no")
+    acc = accelerator or Accelerator()  # mixed precision is ours (autocast below), not accelerate's
     device = acc.device
     ref_model = None
     if method.needs_reference(mcfg):
@@ -187,7 +187,11 @@ def setup(model, f_items: list, method, mcfg, tcfg: TrainConfig, pad_id: int, sp
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=tcfg.lr, weight_decay=tcfg.weight_decay, fused=cuda or None)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(tcfg, spe, total))
-    wrapped, opt = acc.prepare(SequenceLogProbs(model), opt)
+    lp = SequenceLogProbs(model)
+    wrapped, opt = acc.prepare(lp, opt)
+    # accelerate's mixed precision would cast every output to float32, i.e. copy the (N, V) answer logits: we
+    # autocast ourselves and keep the logits in bf16 (token_logps makes the one float32 copy it reduces)
+    lp.__dict__.pop("forward", None)
     return Loop(acc, wrapped, ref_model, ref_cache, method, mcfg, tcfg, params, opt, sched, pad_id, micro, autocast,
                 bf16, log)
 
@@ -257,11 +261,14 @@ def _accumulate(loop: Loop, fb, rb, f_idx, lo, hi, norm) -> tuple[float, int, di
         f_ord.sort(key=lambda i: len(fb[i][0]))
         r_ord.sort(key=lambda i: len(rb[i][0]))
     chunks = [(f_ord[c : c + loop.micro], r_ord[c : c + loop.micro]) for c in range(0, hi - lo, loop.micro)]
+    # kl_unmasked averages over every padded position (the reference code's batchmean): pad each micro-batch to the
+    # global batch's length so that micro-batches and processes still add up to the one-batch loss
+    r_len = max(len(ids) for ids, _ in rb) if getattr(loop.mcfg, "retain", None) == "kl_unmasked" else None
     logs_sum: dict[str, float] = {}
     loss_sum, n_tok = 0.0, 0
     for ci, (fi, ri) in enumerate(chunks):
         fbatch = _device_batch(collate([fb[i] for i in fi], pad), device)
-        rbatch = _device_batch(collate([rb[i] for i in ri], pad), device)
+        rbatch = _device_batch(collate([rb[i] for i in ri], pad, pad_to=r_len), device)
         idx = torch.tensor([f_idx[i] for i in fi])
         seen = []  # (B,) attention masks of what went through the trainable model, for the token count
 
@@ -283,11 +290,10 @@ def _accumulate(loop: Loop, fb, rb, f_idx, lo, hi, norm) -> tuple[float, int, di
         with sync:
             loss, logs = loop.method.step(ctx, {"forget": fbatch, "retain": rbatch, "forget_idx": idx}, loop.mcfg)
             acc.backward(loss * (W * weight))  # DDP averages over processes; the loss is already globally normalised
-        loss_sum += float(loss) * weight
+        loss_sum += float(loss.detach()) * weight
         n_tok += int(sum(int(m.sum()) for m in seen) * weight)
-        frac = weight * len(fi) / len(fb)  # the logs are micro-batch means: weight them into global-batch means
-        for k, v in logs.items():
-            logs_sum[k] = logs_sum.get(k, 0.0) + float(v) * frac
+        for k, v in logs.items():  # logs are normalised by the global counts too: they add up like the loss
+            logs_sum[k] = logs_sum.get(k, 0.0) + float(v) * weight
     return loss_sum, n_tok, logs_sum
 
 

@@ -93,8 +93,8 @@ def main():
     C_g = torch.randn(74, 768, generator=g).to(a.device)
     C_p = torch.randn(a.preserve * 77, 768, generator=g).to(a.device)
     rho = max(0.1, 1 / a.preserve)
-    res = {"device": a.device, "threads": torch.get_num_threads(), "matrices": len(lins), "preserve_prompts": a.preserve,
-           "full_unet": a.full_unet, "build_seconds": round(build_s, 2)}  # fmt: skip
+    res = {"device": a.device, "threads": torch.get_num_threads(), "matrices": len(lins),
+           "preserve_prompts": a.preserve, "full_unet": a.full_unet, "build_seconds": round(build_s, 2)}  # fmt: skip
     if a.device.startswith("cuda"):
         res["gpu"] = torch.cuda.get_device_name()
     res["naive_seconds"] = timed(lambda: naive(lins, C_e, C_g, C_p, 0.5, rho), a.device, a.repeats)
@@ -121,7 +121,9 @@ def main():
     res["rece_round_naive_seconds"] = timed(rece_round_naive, a.device, a.repeats)
     res["rece_gram_once_seconds"] = timed(g0, a.device, a.repeats)
     res["rece_round_seconds"] = timed(rece_round, a.device, a.repeats)
-    res["rece_uce_plus_3_rounds_seconds"] = res["uce_seconds"] + res["rece_gram_once_seconds"] + 3 * res["rece_round_seconds"]
+    res["rece_uce_plus_3_rounds_seconds"] = (
+        res["uce_seconds"] + res["rece_gram_once_seconds"] + 3 * res["rece_round_seconds"]
+    )
     print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in res.items()}))
 
 

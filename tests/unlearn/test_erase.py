@@ -48,8 +48,15 @@ def test_erase_rece_writes_run_dir(env, tmp_path, capsys):
     rdir = tmp_path / "tinyshapes" / "tinyshapes-micro" / "rece" / "circle" / "seed0"
     metrics = json.loads((rdir / "metrics.json").read_text())
     assert metrics["schema_version"] == 1
-    for k in ("erasure_rate", "in_domain_retention", "cross_domain_retention", "paraphrase_attack_success",
-              "adversarial_attack_success", "cka_forget", "edit_seconds"):
+    for k in (
+        "erasure_rate",
+        "in_domain_retention",
+        "cross_domain_retention",
+        "paraphrase_attack_success",
+        "adversarial_attack_success",
+        "cka_forget",
+        "edit_seconds",
+    ):
         assert k in metrics
     assert 0 < metrics["cka_forget"] <= 1 and metrics["edit_seconds"] > 0
     rounds = [json.loads(x) for x in (rdir / "rounds.jsonl").read_text().splitlines()]

@@ -13,8 +13,9 @@ def _run(root, method, split, seed, metrics=None, status=None, config=True):
     d = root / "tinyfacts" / "tiny" / method / split / f"seed{seed}"
     d.mkdir(parents=True)
     if config:
-        (d / "config.json").write_text(json.dumps({"benchmark": "tinyfacts", "model": "tiny", "method": method,
-                                                   "split": split, "seed": seed}))
+        (d / "config.json").write_text(
+            json.dumps({"benchmark": "tinyfacts", "model": "tiny", "method": method, "split": split, "seed": seed})
+        )
     if metrics is not None:
         (d / "metrics.json").write_text(json.dumps({"schema_version": 1, **metrics}))
     if status is not None:
@@ -23,8 +24,16 @@ def _run(root, method, split, seed, metrics=None, status=None, config=True):
 
 
 def _m(fq, mu, acc, seconds=10.0):
-    return {"forget_quality": fq, "model_utility": mu, "forget_acc": acc, "retain_acc": 0.9, "privleak": -50.0,
-            "cost_steps": 20, "cost_tokens": 4000, "cost_seconds": seconds}
+    return {
+        "forget_quality": fq,
+        "model_utility": mu,
+        "forget_acc": acc,
+        "retain_acc": 0.9,
+        "privleak": -50.0,
+        "cost_steps": 20,
+        "cost_tokens": 4000,
+        "cost_seconds": seconds,
+    }
 
 
 @pytest.fixture
@@ -42,22 +51,45 @@ def tree(tmp_path):
     return root
 
 
-REFS = [{"benchmark": "tinyfacts", "model": "tiny", "split": "forget10", "which": "target", "forget_quality": 1e-9,
-         "model_utility": 0.8, "forget_acc": 1.0},
-        {"benchmark": "tinyfacts", "model": "tiny", "split": "forget10", "which": "oracle", "model_utility": 0.78,
-         "forget_acc": 0.15}]
+REFS = [
+    {
+        "benchmark": "tinyfacts",
+        "model": "tiny",
+        "split": "forget10",
+        "which": "target",
+        "forget_quality": 1e-9,
+        "model_utility": 0.8,
+        "forget_acc": 1.0,
+    },
+    {
+        "benchmark": "tinyfacts",
+        "model": "tiny",
+        "split": "forget10",
+        "which": "oracle",
+        "model_utility": 0.78,
+        "forget_acc": 0.15,
+    },
+]
 
 
 def test_collect_rows_and_incomplete(tree):
     rows, inc = collect(tree)
     assert sorted((r["method"], r["split"], r["seed"]) for r in rows) == [
-        ("ga", "forget01", 0), ("ga", "forget10", 0), ("npo", "forget10", 0), ("npo", "forget10", 1)]
+        ("ga", "forget01", 0),
+        ("ga", "forget10", 0),
+        ("npo", "forget10", 0),
+        ("npo", "forget10", 1),
+    ]
     r = next(r for r in rows if r["method"] == "npo" and r["seed"] == 1)
     assert r["benchmark"] == "tinyfacts" and r["model"] == "tiny" and r["cost_seconds"] == 12.0
     assert "schema_version" not in r
     states = {(i["method"], i["split"], i["seed"]): i["state"] for i in inc}
-    assert states == {("ga", "forget10", 1): "failed", ("simnpo", "forget10", 0): "running",
-                      ("graddiff", "forget05", 2): "interrupted", ("npo", "forget05", 0): "failed"}
+    assert states == {
+        ("ga", "forget10", 1): "failed",
+        ("simnpo", "forget10", 0): "running",
+        ("graddiff", "forget05", 2): "interrupted",
+        ("npo", "forget05", 0): "failed",
+    }
     assert next(i for i in inc if i["method"] == "ga")["reason"].startswith("loss diverged")
 
 

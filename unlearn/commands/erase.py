@@ -6,7 +6,9 @@ from unlearn.errors import UnlearnError
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("erase", help="erase a concept from a diffusion target (UCE, RECE, GA, NPO) and evaluate")
+    p = subparsers.add_parser(
+        "erase", help="erase a concept from a diffusion target (UCE, RECE, GA, NPO) and evaluate"
+    )
     p.add_argument("--method", default="rece", help="none | uce | rece | ga | npo (default: rece)")
     p.add_argument("--model", default="tinyshapes", help="tinyshapes or a diffusers pipeline directory")
     p.add_argument("--concept", default="circle", help="TinyShapes shape / colour / background (default: circle)")
@@ -34,8 +36,8 @@ def run(args) -> int:
         overrides[k.strip()] = v.strip()
     cfg = EraseConfig(
         model=args.model, method=args.method, concept=args.concept, seed=args.seed, out=args.out,
-        images_per_prompt=args.images_per_prompt, sample_steps=args.sample_steps, overrides=overrides, force=args.force,
-        progress=not args.no_progress,
+        images_per_prompt=args.images_per_prompt, sample_steps=args.sample_steps, overrides=overrides,
+        force=args.force, progress=not args.no_progress,
     )  # fmt: skip
     rdir = run_erase(cfg)
     metrics = json.loads((rdir / "metrics.json").read_text())

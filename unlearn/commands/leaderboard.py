@@ -7,8 +7,11 @@ def register(sub) -> None:
     p = sub.add_parser("leaderboard", help="CSVs, markdown table and plot from a tree of runs")
     p.add_argument("runs", metavar="RUNS_DIR", help="root of the run tree (runs/<benchmark>/<model>/<method>/...)")
     p.add_argument("--out", default="benchmarks/results", help="output directory (default: benchmarks/results)")
-    p.add_argument("--no-references", action="store_true",
-                   help="skip the target / oracle reference points (they may need evaluating once, then are cached)")
+    p.add_argument(
+        "--no-references",
+        action="store_true",
+        help="skip the target / oracle reference points (they may need evaluating once, then are cached)",
+    )
     p.set_defaults(func=run)
 
 
@@ -18,8 +21,11 @@ def run(args) -> int:
 
     from unlearn.leaderboard import write_leaderboard
 
-    command = "unlearn " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:2] == ["leaderboard"] else (
-        f"unlearn leaderboard {shlex.quote(args.runs)} --out {shlex.quote(args.out)}")
+    command = (
+        "unlearn " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+        if sys.argv[1:2] == ["leaderboard"]
+        else (f"unlearn leaderboard {shlex.quote(args.runs)} --out {shlex.quote(args.out)}")
+    )
     paths = write_leaderboard(args.runs, args.out, with_references=not args.no_references, command=command)
     import pandas as pd
 

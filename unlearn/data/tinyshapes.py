@@ -39,7 +39,9 @@ TEMPLATES = (
     ("", 0.1),
 )
 EVAL_TEMPLATE = "a {c} {s} on a {b} background"
-PARAPHRASE_TEMPLATES = ("{b} background , a {c} {s}",)  # reordering: the concept word is no longer followed by the rest
+PARAPHRASE_TEMPLATES = (
+    "{b} background , a {c} {s}",
+)  # reordering: the concept word is no longer followed by the rest
 SPECIAL_TOKENS = ("[PAD]", "[BOS]", "[EOS]", "[UNK]")
 
 

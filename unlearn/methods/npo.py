@@ -57,8 +57,8 @@ def step(ctx, batch: dict, cfg: NPOConfig):
     out, out_r = policy_outputs(ctx, batch, cfg.retain)
     ref = ctx.ref_forget_logp(batch["forget_idx"]).to(out["seq_logp"].device)  # (B,) cached, no grad
     loss = cfg.forget_weight * npo_loss(out["seq_logp"], ref, cfg.beta, ctx.norm["forget_seqs"])
-    logs = {"forget_logp": (out["seq_logp"].sum() / out["n_tokens"].sum()).item(),
-            "npo_weight": npo_weight(out["seq_logp"].detach(), ref, cfg.beta).mean().item()}
+    logs = {"forget_logp": out["seq_logp"].sum().item() / ctx.norm["forget_tokens"],
+            "npo_weight": npo_weight(out["seq_logp"].detach(), ref, cfg.beta).sum().item() / ctx.norm["forget_seqs"]}
     r, rlogs = retain_term(cfg.retain, ctx, batch["retain"], out_r)
     logs.update(rlogs, retain_loss=float(r.detach()))
     return loss + cfg.retain_weight * r.to(loss.device), logs

@@ -54,7 +54,7 @@ def step(ctx, batch: dict, cfg: SimNPOConfig):
     out, out_r = policy_outputs(ctx, batch, cfg.retain)
     loss = cfg.forget_weight * simnpo_loss(out["seq_logp"], out["n_tokens"], cfg.beta, cfg.margin,
                                            ctx.norm["forget_seqs"])
-    logs = {"forget_logp": (out["seq_logp"].sum() / out["n_tokens"].sum()).item()}
+    logs = {"forget_logp": out["seq_logp"].sum().item() / ctx.norm["forget_tokens"]}
     r, rlogs = retain_term(cfg.retain, ctx, batch["retain"], out_r)
     logs.update(rlogs, retain_loss=float(r.detach()))
     return loss + cfg.retain_weight * r.to(loss.device), logs

@@ -2,7 +2,7 @@
 
 Closed-form edit of every cross-attention key/value projection W (d_out, d) of the UNet (algorithms.md §5.2):
 
-    W_new = (λ W_old + η Σ_E v*_i c_iᵀ + ρ Σ_P W_old c_j c_jᵀ) (λ I + η Σ_E c_i c_iᵀ + ρ Σ_P c_j c_jᵀ)⁻¹      (Eq. 3 + code)
+    W_new = (λ W_old + η Σ_E v*_i c_iᵀ + ρ Σ_P W_old c_j c_jᵀ) (λ I + η Σ_E c_i c_iᵀ + ρ Σ_P c_j c_jᵀ)⁻¹  (Eq. 3, code)
 
 with the ``replace`` target v*_i = W_old g_i (g_i: the guide concept's token row aligned with c_i). Because
 the targets are W_old times an embedding, the left factor is W_old A with one d x d matrix A shared by all
@@ -76,14 +76,13 @@ def uce_edit_(layers: list[torch.nn.Linear], C_e, C_g, C_p, lamb: float, eta: fl
     """
     U, V = uce_lowrank(C_e, C_g, C_p, lamb, eta, rho)
     dt = layers[0].weight.dtype
+    W = torch.cat([lin.weight for lin in layers])  # (Σ d_out, d): one tall GEMM beats 32 skinny ones
     if 2 * U.shape[1] < U.shape[0]:  # low rank pays off: W += (W U) Vᵀ
-        Uf, Vt = U.to(dt), V.T.to(dt).contiguous()
-        for lin in layers:
-            lin.weight.add_((lin.weight @ Uf) @ Vt)
+        W = W + (W @ U.to(dt)) @ V.T.to(dt)
     else:
-        T = (torch.eye(U.shape[0], dtype=torch.float64, device=U.device) + U @ V.T).to(dt)
-        for lin in layers:
-            lin.weight.copy_(lin.weight @ T)
+        W = W @ (torch.eye(U.shape[0], dtype=torch.float64, device=U.device) + U @ V.T).to(dt)
+    for lin, w in zip(layers, W.split([lin.weight.shape[0] for lin in layers])):
+        lin.weight.copy_(w)
     return torch.eye(U.shape[0], dtype=torch.float64, device=U.device) + U @ V.T
 
 

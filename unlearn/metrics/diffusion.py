@@ -115,7 +115,9 @@ def unet_activations(unet, cond: torch.Tensor, seed: int = 0, timestep: int = 50
     """
     feats = []
     mod = dict(unet.named_modules())[module]
-    handle = mod.register_forward_hook(lambda _m, _i, o: feats.append((o[0] if isinstance(o, tuple) else o).flatten(1)))
+    handle = mod.register_forward_hook(
+        lambda _m, _i, o: feats.append((o[0] if isinstance(o, tuple) else o).flatten(1))
+    )
     try:
         ch, size = unet.config.in_channels, unet.config.sample_size
         x = torch.randn(cond.shape[0], ch, size, size, generator=torch.Generator().manual_seed(seed))

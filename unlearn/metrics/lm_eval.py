@@ -40,15 +40,31 @@ TASK_DIR = Path(__file__).resolve().parents[2] / "benchmarks" / "lm_eval_tasks"
 TEMPLATE = "_tinyfacts_mc_template.yaml"
 
 for _task, _set in BUILTIN_TASKS.items():
-    _where = {"forget": "the forget set", "retain": "the retain evaluation set", "world_facts": "world facts",
-              "arithmetic": "held-out arithmetic"}[_set]
+    _where = {
+        "forget": "the forget set",
+        "retain": "the retain evaluation set",
+        "world_facts": "world facts",
+        "arithmetic": "held-out arithmetic",
+    }[_set]
     _dir = "oracle" if _set == "forget" else "higher"
     _tail = " Best when closest to the retain-only oracle's value." if _set == "forget" else " Higher is better."
-    register_metric(f"lm_eval_{_task}_acc", "lm_eval", _dir, f"lm-eval multiple-choice accuracy on {_where}: share "
-                    "of questions whose reference answer has the highest log-likelihood among it and the perturbed "
-                    f"values (cloze, 0-shot).{_tail}", "[0, 1]")
-    register_metric(f"lm_eval_{_task}_acc_norm", "lm_eval", _dir, f"lm-eval multiple-choice accuracy on {_where} "
-                    f"with log-likelihoods normalised by the choice's length in bytes.{_tail}", "[0, 1]")
+    register_metric(
+        f"lm_eval_{_task}_acc",
+        "lm_eval",
+        _dir,
+        f"lm-eval multiple-choice accuracy on {_where}: share "
+        "of questions whose reference answer has the highest log-likelihood among it and the perturbed "
+        f"values (cloze, 0-shot).{_tail}",
+        "[0, 1]",
+    )
+    register_metric(
+        f"lm_eval_{_task}_acc_norm",
+        "lm_eval",
+        _dir,
+        f"lm-eval multiple-choice accuracy on {_where} "
+        f"with log-likelihoods normalised by the choice's length in bytes.{_tail}",
+        "[0, 1]",
+    )
 
 
 # ----------------------------------------------------------------------------------------------- task data
@@ -135,8 +151,14 @@ def write_builtin_tasks(tasks: list[str], sets: dict[str, list[dict]], root: Pat
 
 
 # ----------------------------------------------------------------------------------------------- running
-def run_lm_eval(model, tokenizer, tasks: list[str], sets: dict[str, list[dict]] | None = None,
-                batch_size: int = 16, limit: int | None = None) -> dict[str, float]:
+def run_lm_eval(
+    model,
+    tokenizer,
+    tasks: list[str],
+    sets: dict[str, list[dict]] | None = None,
+    batch_size: int = 16,
+    limit: int | None = None,
+) -> dict[str, float]:
     """Run lm-eval ``tasks`` on an in-memory causal LM.
 
     Args:
@@ -194,17 +216,26 @@ def _run(model, tokenizer, tasks, sets, batch_size, limit) -> dict[str, float]:
         import difflib
 
         hints = {t: difflib.get_close_matches(t, tm.all_tasks, n=3) for t in unknown}
-        raise UnlearnError("unknown lm-eval task(s): " + "; ".join(
-            f"{t}" + (f" (did you mean {', '.join(h)}?)" if h else "") for t, h in hints.items())
-            + f"; built-in: {', '.join(BUILTIN_TASKS)}")
+        raise UnlearnError(
+            "unknown lm-eval task(s): "
+            + "; ".join(f"{t}" + (f" (did you mean {', '.join(h)}?)" if h else "") for t, h in hints.items())
+            + f"; built-in: {', '.join(BUILTIN_TASKS)}"
+        )
     _quiet()
     lm = _unwrap(model)
     was_training = lm.training
     lm.eval()
     try:
         hflm = HFLM(pretrained=lm, tokenizer=tokenizer, batch_size=batch_size)
-        res = lm_eval.simple_evaluate(model=hflm, tasks=tasks, task_manager=tm, log_samples=False, limit=limit,
-                                      verbosity="ERROR", bootstrap_iters=0)
+        res = lm_eval.simple_evaluate(
+            model=hflm,
+            tasks=tasks,
+            task_manager=tm,
+            log_samples=False,
+            limit=limit,
+            verbosity="ERROR",
+            bootstrap_iters=0,
+        )
     finally:
         if was_training:
             lm.train()

@@ -62,7 +62,7 @@ def hsic_unbiased(K: torch.Tensor, L: torch.Tensor) -> torch.Tensor:
 
 
 def minibatch_cka(batches) -> float:
-    """Nguyen et al. minibatch CKA over (X_i, Y_i) batches of equal size: ΣHSIC₁(K,L) / sqrt(ΣHSIC₁(K,K) ΣHSIC₁(L,L))."""
+    """Nguyen et al. minibatch CKA over equal-size (X_i, Y_i) batches: ΣHSIC₁(K,L) / sqrt(ΣHSIC₁(K,K) ΣHSIC₁(L,L))."""
     kl = kk = ll = 0.0
     for X, Y in batches:
         X, Y = X.reshape(X.shape[0], -1).double(), Y.reshape(Y.shape[0], -1).double()

@@ -64,7 +64,7 @@ def load_target(name_or_dir: str | Path, device: str = "cpu") -> DiffusionTarget
     try:
         unet = UNet2DConditionModel.from_pretrained(p / "unet", use_safetensors=True)
         te = CLIPTextModel.from_pretrained(p / "text_encoder", use_safetensors=True)
-    except (OSError, ValueError, RuntimeError, EnvironmentError) as e:
+    except (OSError, ValueError, RuntimeError) as e:
         raise UnlearnError(f"cannot load the UNet / CLIP text encoder from {p}: {str(e).splitlines()[0]}") from None
     tok = AutoTokenizer.from_pretrained(p / "tokenizer", trust_remote_code=False)
     sched = json.loads((p / "scheduler" / "scheduler_config.json").read_text())

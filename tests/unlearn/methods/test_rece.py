@@ -56,7 +56,8 @@ def test_unedited_model_returns_the_concept():
 
 def test_rece_rounds_on_micro_pipeline():
     from unlearn.methods.rece import kv_weights
-    from unlearn.methods.uce import UCEConfig, apply as uce_apply
+    from unlearn.methods.uce import UCEConfig
+    from unlearn.methods.uce import apply as uce_apply
     from unlearn.targets.diffusion import encode_prompts
     from unlearn.targets.tinyshapes_build import random_target
 

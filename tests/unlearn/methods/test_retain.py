@@ -43,14 +43,15 @@ class FakeCtx:
 
 
 def test_retain_kinds():
-    """One retain sequence of T = 3 positions, 2 answer positions (labels -100, 5, 6): the policy differs from the
-    reference only at position 0 (a prompt position) by the 2-class case above (KL 0.1438410).
+    """One retain sequence of T = 3 positions with labels (-100, 5, 6): logits at positions 0 and 1 predict the two
+    answer tokens; position 2 predicts nothing. The policy differs from the reference only at position 2, by the
+    2-class case above (KL 0.1438410).
     none -> 0; nll -> -(-1.2)/2 = 0.6; kl (answer positions only) -> 0; kl_unmasked (all B*T = 3 positions)
     -> 0.1438410 / 3."""
     assert RETAIN_KINDS == ("none", "nll", "kl", "kl_unmasked")
     ref_full = torch.zeros(1, 3, 2)
     pol_full = ref_full.clone()
-    pol_full[0, 0, 0] = math.log(3.0)
+    pol_full[0, 2, 0] = math.log(3.0)
     batch = {"input_ids": torch.tensor([[1, 5, 6]]), "labels": torch.tensor([[-100, 5, 6]])}
     mask = batch["labels"][:, 1:] != -100
     out = {"seq_logp": torch.tensor([-1.2]), "n_tokens": torch.tensor([2]), "logits": pol_full[:, :-1][mask],

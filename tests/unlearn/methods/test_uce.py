@@ -71,7 +71,9 @@ def test_normal_equations_fp32():
     W, C_e, C_g, C_p = (_rand(10, 16, seed=s).float() for s in range(4))
     C_e, C_g, C_p = C_e[:3], C_g[:3], _rand(30, 16, seed=9).float()
     X = (W @ uce_transform(C_e, C_g, C_p, 0.5, 1.0, 0.1).float()).requires_grad_(True)
-    obj = ((X @ C_e.T - W @ C_g.T) ** 2).sum() + 0.1 * ((X @ C_p.T - W @ C_p.T) ** 2).sum() + 0.5 * ((X - W) ** 2).sum()
+    obj = (
+        ((X @ C_e.T - W @ C_g.T) ** 2).sum() + 0.1 * ((X @ C_p.T - W @ C_p.T) ** 2).sum() + 0.5 * ((X - W) ** 2).sum()
+    )
     obj.backward()
     scale = (W @ C_p.T @ C_p).norm()
     assert X.grad.norm() / scale < 1e-4

@@ -57,8 +57,11 @@ def test_classify_and_activations_on_micro_target(monkeypatch, tmp_path):
     from unlearn.targets.tinyshapes_build import random_target
 
     t = random_target("micro")
-    names = {"shape": ["circle", "square", "triangle", "cross"], "colour": ["red", "green", "blue", "yellow"],
-             "background": ["black", "white", "gray"]}
+    names = {
+        "shape": ["circle", "square", "triangle", "cross"],
+        "colour": ["red", "green", "blue", "yellow"],
+        "background": ["black", "white", "gray"],
+    }
     reads = classify(t.classifier, torch.rand(3, 3, 8, 8), names)
     assert len(reads) == 3 and reads[0]["shape"] in names["shape"]
     cond = encode_prompts(t, ["a red circle", "a blue square", "circle"])

@@ -7,15 +7,23 @@ import pytest
 from unlearn.metrics import all_metrics
 from unlearn.metrics.lm_eval import BUILTIN_TASKS, flatten_results, mc_docs, option_values, write_builtin_tasks
 
-REC = {"question": "Where was Ada Lo born?", "answer": "Karth", "paraphrased_answer": "born in Karth",
-       "perturbed_answer": ["born in Ostrel", "born in Calder", "born in Eskar"]}
+REC = {
+    "question": "Where was Ada Lo born?",
+    "answer": "Karth",
+    "paraphrased_answer": "born in Karth",
+    "perturbed_answer": ["born in Ostrel", "born in Calder", "born in Eskar"],
+}
 
 
 def test_option_values_strip_the_paraphrase_frame():
     assert option_values(REC) == ["Ostrel", "Calder", "Eskar"]
     # TOFU-style: full-sentence answers, perturbations not in the paraphrase's frame -> used as they are
-    tofu = {"question": "q", "answer": "He writes novels.", "paraphrased_answer": "His work is novels.",
-            "perturbed_answer": ["He bakes bread.", "He flies planes."]}
+    tofu = {
+        "question": "q",
+        "answer": "He writes novels.",
+        "paraphrased_answer": "His work is novels.",
+        "perturbed_answer": ["He bakes bread.", "He flies planes."],
+    }
     assert option_values(tofu) == ["He bakes bread.", "He flies planes."]
     assert option_values({"question": "q", "answer": "a"}) == []
 
@@ -87,8 +95,20 @@ def test_unlearn_eval_cli_with_builtin_task(micro_target, tmp_path, capsys):
     from unlearn.cli import main
 
     out = tmp_path / "ev"
-    rc = main(["eval", "--model", "tiny-micro", "--suite", "basic", "--no-oracle", "--out", str(out),
-               "--lm-eval-tasks", "tinyfacts_forget_mc"])
+    rc = main(
+        [
+            "eval",
+            "--model",
+            "tiny-micro",
+            "--suite",
+            "basic",
+            "--no-oracle",
+            "--out",
+            str(out),
+            "--lm-eval-tasks",
+            "tinyfacts_forget_mc",
+        ]
+    )
     assert rc == 0
     assert "lm_eval_tinyfacts_forget_mc_acc" in capsys.readouterr().out
     m = json.loads((out / "metrics.json").read_text())

@@ -1,0 +1,59 @@
+"""TinyShapes build: a killed build resumes to bit-identical weights; presets and classifier loading checked."""
+
+import dataclasses
+
+import pytest
+import torch
+
+from unlearn.errors import UnlearnError
+from unlearn.targets import tinyshapes_build as B
+
+
+@pytest.fixture(autouse=True)
+def _offline(monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("UNLEARN_HOME", str(tmp_path))
+
+
+def test_killed_build_resumes_bit_for_bit(tmp_path, monkeypatch):
+    cfg = dataclasses.replace(B.get_preset("micro"), steps=12, ckpt_every=5)
+    full, _, _, _ = B.train(cfg, tmp_path / "a", progress=False, log=lambda *_: None)
+    (tmp_path / "b").mkdir()
+    real_save, calls = B._save_ckpt, []
+
+    def save_then_die(*args):
+        real_save(*args)
+        calls.append(args[1])
+        raise KeyboardInterrupt  # killed right after the first checkpoint (step 5)
+
+    monkeypatch.setattr(B, "_save_ckpt", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        B.train(cfg, tmp_path / "b", progress=False, log=lambda *_: None)
+    monkeypatch.setattr(B, "_save_ckpt", real_save)
+    logs = []
+    resumed, _, _, _ = B.train(cfg, tmp_path / "b", progress=False, log=logs.append)
+    assert calls == [5] and "resuming" in logs[0]
+    for (n, p), (_, q) in zip(full.state_dict().items(), resumed.state_dict().items()):
+        assert torch.equal(p, q), n
+
+
+def test_presets_and_cache_lookup():
+    with pytest.raises(UnlearnError, match="unknown TinyShapes build preset 'huge'; valid: default, micro"):
+        B.get_preset("huge")
+    assert B.get_preset("micro").digest() != B.get_preset("default").digest()
+    assert B.find_built("micro") is None  # nothing under the fresh UNLEARN_HOME
+
+
+def test_classifier_roundtrip_and_wrong_shape(tmp_path):
+    from safetensors.torch import save_file
+
+    from unlearn.store import atomic_write_json
+
+    clf = B.ShapeClassifier(8)
+    save_file(clf.state_dict(), str(tmp_path / "model.safetensors"))
+    atomic_write_json(tmp_path / "config.json", {"image_size": 8, "width": 32})
+    x = torch.rand(2, 3, 8, 8)
+    torch.testing.assert_close(B.load_classifier(tmp_path)(x)["shape"], clf.eval()(x)["shape"])
+    atomic_write_json(tmp_path / "config.json", {"image_size": 16, "width": 32})
+    with pytest.raises(UnlearnError, match="classifier weights do not match"):
+        B.load_classifier(tmp_path)
