@@ -54,8 +54,7 @@ style: setup
 
 leaderboard: setup
 	$(UNLEARN) build tinyfacts --splits forget01,forget05,forget10
-	$(PY) benchmarks/leaderboard.py --out $(OUT)
-	$(UNLEARN) leaderboard $(OUT) --out benchmarks/results
+	$(PY) benchmarks/leaderboard.py --out $(OUT) --results benchmarks/results
 
 bench: setup
 	$(PY) benchmarks/speed/train_speed.py

@@ -46,12 +46,23 @@ class EvalConfig:
 
 # ----------------------------------------------------------------------------------------------- sharding
 class _Shard:
-    """Which examples this process handles, and how to gather per-example results back in order."""
+    """Which examples this process handles, and how to gather per-example results back in order.
+
+    The process count comes from torch.distributed when it is initialized: on a CPU-only machine
+    ``accelerate launch --multi_gpu`` starts a gloo group, but an ``Accelerator()`` made without ``cpu=True``
+    reports one process (DistributedType.NO) — trusting it would make every process evaluate everything.
+    """
 
     def __init__(self, accelerator=None):
         self.acc = accelerator
-        self.n = accelerator.num_processes if accelerator is not None else 1
-        self.rank = accelerator.process_index if accelerator is not None else 0
+        self.n, self.rank = 1, 0
+        if accelerator is not None:
+            import torch.distributed as dist
+
+            if dist.is_available() and dist.is_initialized():
+                self.n, self.rank = dist.get_world_size(), dist.get_rank()
+            else:
+                self.n, self.rank = accelerator.num_processes, accelerator.process_index
 
     @property
     def main(self) -> bool:

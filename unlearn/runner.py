@@ -323,13 +323,13 @@ def run(a: RunArgs, log=print, accelerator=None) -> Path:
         log=log,
     )
     oracle = None
-    if tgt.oracle_dir and main:
+    if tgt.oracle_dir:  # every process reads (or computes and atomically writes) the same cached evaluation
         from unlearn.targets.llm import load_causal_lm
 
         oracle = cached_eval(
             tgt.oracle_dir, lambda: load_causal_lm(tgt.oracle_dir), tgt.tokenizer, tgt.fmt, sets, ecfg, log=log
         )
-    metrics, examples = evaluate(model, tgt.tokenizer, tgt.fmt, sets, ecfg, oracle=oracle)
+    metrics, examples = evaluate(model, tgt.tokenizer, tgt.fmt, sets, ecfg, oracle=oracle, accelerator=accelerator)
     if main:
         metrics.update(
             {

@@ -29,9 +29,10 @@ import math
 import os
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -141,8 +142,18 @@ def _n_answer(labels: list[int]) -> int:
     return sum(x != -100 for x in labels[1:])
 
 
-def setup(model, f_items: list, method, mcfg, tcfg: TrainConfig, pad_id: int, spe: int, total: int,
-          accelerator=None, log=print) -> Loop:
+def setup(
+    model,
+    f_items: list,
+    method,
+    mcfg,
+    tcfg: TrainConfig,
+    pad_id: int,
+    spe: int,
+    total: int,
+    accelerator=None,
+    log=print,
+) -> Loop:
     """Move ``model`` to the device, add LoRA / checkpointing, build the optimizer, cache reference log-probs.
 
     Args:
@@ -192,8 +203,9 @@ def setup(model, f_items: list, method, mcfg, tcfg: TrainConfig, pad_id: int, sp
     # accelerate's mixed precision would cast every output to float32, i.e. copy the (N, V) answer logits: we
     # autocast ourselves and keep the logits in bf16 (token_logps makes the one float32 copy it reduces)
     lp.__dict__.pop("forward", None)
-    return Loop(acc, wrapped, ref_model, ref_cache, method, mcfg, tcfg, params, opt, sched, pad_id, micro, autocast,
-                bf16, log)
+    return Loop(
+        acc, wrapped, ref_model, ref_cache, method, mcfg, tcfg, params, opt, sched, pad_id, micro, autocast, bf16, log
+    )
 
 
 def train_step(loop: Loop, fb: list, rb: list, f_idx: list[int]) -> dict:
@@ -209,9 +221,12 @@ def train_step(loop: Loop, fb: list, rb: list, f_idx: list[int]) -> dict:
         NonFiniteError: the loss or the gradient norm is not finite (gradients are zeroed).
     """
     acc, W = loop.acc, loop.acc.num_processes
-    norm = {"forget_seqs": float(len(fb)), "retain_seqs": float(len(rb)),
-            "forget_tokens": float(sum(_n_answer(lab) for _, lab in fb)),
-            "retain_tokens": float(sum(_n_answer(lab) for _, lab in rb))}
+    norm = {
+        "forget_seqs": float(len(fb)),
+        "retain_seqs": float(len(rb)),
+        "forget_tokens": float(sum(_n_answer(lab) for _, lab in fb)),
+        "retain_tokens": float(sum(_n_answer(lab) for _, lab in rb)),
+    }
     share = math.ceil(len(fb) / W)
     lo, hi = acc.process_index * share, min(len(fb), (acc.process_index + 1) * share)
     while True:
@@ -231,8 +246,7 @@ def train_step(loop: Loop, fb: list, rb: list, f_idx: list[int]) -> dict:
         gnorm = _grad_norm(loop.params)
     # one all-reduce for the loss, the token count and the logs; (3 + n_logs,)
     keys = sorted(logs)
-    vec = torch.tensor([loss_sum, float(n_tok), 0.0, *[logs[k] for k in keys]], dtype=torch.float64,
-                       device=acc.device)
+    vec = torch.tensor([loss_sum, float(n_tok), 0.0, *[logs[k] for k in keys]], dtype=torch.float64, device=acc.device)
     vec[2] = gnorm.detach().double() if torch.is_tensor(gnorm) else float(gnorm)
     vec = acc.reduce(vec, reduction="sum") if W > 1 else vec
     vals = vec.tolist()
@@ -272,7 +286,7 @@ def _accumulate(loop: Loop, fb, rb, f_idx, lo, hi, norm) -> tuple[float, int, di
         idx = torch.tensor([f_idx[i] for i in fi])
         seen = []  # (B,) attention masks of what went through the trainable model, for the token count
 
-        def policy(*batches, full_logits=False):
+        def policy(*batches, full_logits=False, seen=seen):
             seen.extend(b["attention_mask"] for b in batches)
             with loop.autocast():
                 if len(batches) == 1:
@@ -284,8 +298,12 @@ def _accumulate(loop: Loop, fb, rb, f_idx, lo, hi, norm) -> tuple[float, int, di
             with torch.no_grad(), loop.autocast():
                 return SequenceLogProbs(loop.ref_model)(**batch, full_logits=full_logits)
 
-        ctx = _Ctx(policy, reference if loop.ref_model is not None else None,
-                   (lambda i: loop.ref_cache[i]) if loop.ref_cache is not None else None, norm)
+        ctx = _Ctx(
+            policy,
+            reference if loop.ref_model is not None else None,
+            (lambda i: loop.ref_cache[i]) if loop.ref_cache is not None else None,
+            norm,
+        )
         sync = contextlib.nullcontext() if ci == len(chunks) - 1 else acc.no_sync(loop.wrapped)
         with sync:
             loss, logs = loop.method.step(ctx, {"forget": fbatch, "retain": rbatch, "forget_idx": idx}, loop.mcfg)
@@ -307,9 +325,22 @@ def _finite(params) -> bool:
 
 
 # ----------------------------------------------------------------------------------------------- the loop
-def unlearn_model(model, tokenizer, fmt, forget: list[dict], retain: list[dict], method, mcfg, tcfg: TrainConfig,
-                  seed: int, rdir: Path | None, eval_fn: Callable | None = None, progress: bool = True,
-                  accelerator=None, log=print) -> tuple[torch.nn.Module, dict]:
+def unlearn_model(
+    model,
+    tokenizer,
+    fmt,
+    forget: list[dict],
+    retain: list[dict],
+    method,
+    mcfg,
+    tcfg: TrainConfig,
+    seed: int,
+    rdir: Path | None,
+    eval_fn: Callable | None = None,
+    progress: bool = True,
+    accelerator=None,
+    log=print,
+) -> tuple[torch.nn.Module, dict]:
     """Unlearn ``forget`` from ``model`` with ``method`` (a MethodSpec); returns (model, summary).
 
     ``eval_fn(model) -> dict`` runs on the main process every ``tcfg.eval_every`` steps (rows in trace.jsonl).
@@ -353,7 +384,8 @@ def unlearn_model(model, tokenizer, fmt, forget: list[dict], retain: list[dict],
         raise NonFiniteError(f"{msg} at step {step}; stopped{kept}")
 
     t_start = time.time()
-    bar = tqdm(total=total, initial=start, desc=f"unlearn {method.name}", disable=not (progress and acc.is_main_process))
+    show = progress and acc.is_main_process
+    bar = tqdm(total=total, initial=start, desc=f"unlearn {method.name}", disable=not show)
     last: dict = {}
     for step in range(start, total):
         f_idx, r_idx = step_indices(step, len(f_items), len(r_items), tcfg.batch_size, seed)
@@ -365,8 +397,13 @@ def unlearn_model(model, tokenizer, fmt, forget: list[dict], retain: list[dict],
         optimizer_step(loop)
         n_tok_total += res["tokens"]
         dt = time.time() - t0
-        last = {"step": step + 1, "epoch": round((step + 1) / spe, 3), "lr": loop.sched.get_last_lr()[0],
-                "tokens_per_s": res["tokens"] / max(dt, 1e-9), **res}
+        last = {
+            "step": step + 1,
+            "epoch": round((step + 1) / spe, 3),
+            "lr": loop.sched.get_last_lr()[0],
+            "tokens_per_s": res["tokens"] / max(dt, 1e-9),
+            **res,
+        }
         if rdir and acc.is_main_process:
             append_jsonl(Path(rdir) / "trace.jsonl", last)
         bar.update(1)
@@ -392,10 +429,15 @@ def unlearn_model(model, tokenizer, fmt, forget: list[dict], retain: list[dict],
     if tcfg.lora.r > 0:
         final = final.merge_and_unload()
     final.eval()
-    summary = {"steps": total, "tokens": n_tok_total, "seconds": round(time.time() - t_start, 2),
-               "world_size": acc.num_processes, "micro_batch_size": loop.micro,
-               "precision": "bf16" if loop.bf16 else "fp32",
-               **{k: v for k, v in last.items() if k in ("loss", "forget_logp", "retain_logp")}}
+    summary = {
+        "steps": total,
+        "tokens": n_tok_total,
+        "seconds": round(time.time() - t_start, 2),
+        "world_size": acc.num_processes,
+        "micro_batch_size": loop.micro,
+        "precision": "bf16" if loop.bf16 else "fp32",
+        **{k: v for k, v in last.items() if k in ("loss", "forget_logp", "retain_logp")},
+    }
     return final, summary
 
 
@@ -457,5 +499,15 @@ def clear_checkpoint(rdir: Path) -> None:
             shutil.rmtree(p)
 
 
-__all__ = ["unlearn_model", "setup", "train_step", "optimizer_step", "Loop", "NonFiniteError", "step_indices",
-           "total_steps", "lr_lambda", "clear_checkpoint"]
+__all__ = [
+    "unlearn_model",
+    "setup",
+    "train_step",
+    "optimizer_step",
+    "Loop",
+    "NonFiniteError",
+    "step_indices",
+    "total_steps",
+    "lr_lambda",
+    "clear_checkpoint",
+]

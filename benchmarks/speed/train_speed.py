@@ -22,7 +22,6 @@ import argparse
 import contextlib
 import copy
 import json
-import math
 import platform
 import time
 
@@ -30,20 +29,47 @@ import torch
 import torch.nn.functional as F
 
 # dense bf16 peak FLOP/s by card name (spec sheets, without sparsity); unknown cards get no MFU
-PEAK_BF16 = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "L4": 121e12, "A10": 125e12,
-             "4090": 165e12, "B200": 2250e12}
+PEAK_BF16 = {
+    "H200": 989e12,
+    "H100": 989e12,
+    "A100": 312e12,
+    "L40S": 362e12,
+    "L4": 121e12,
+    "A10": 125e12,
+    "4090": 165e12,
+    "B200": 2250e12,
+}
 
 
 def model_config(tiny: bool):
     from transformers import LlamaConfig
 
     if tiny:
-        return LlamaConfig(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                           num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
-                           tie_word_embeddings=True, attn_implementation="sdpa", pad_token_id=0)
-    return LlamaConfig(vocab_size=128256, hidden_size=2048, intermediate_size=8192, num_hidden_layers=16,
-                       num_attention_heads=32, num_key_value_heads=8, max_position_embeddings=4096,
-                       rope_theta=500000.0, tie_word_embeddings=True, attn_implementation="sdpa", pad_token_id=0)
+        return LlamaConfig(
+            vocab_size=512,
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=1024,
+            tie_word_embeddings=True,
+            attn_implementation="sdpa",
+            pad_token_id=0,
+        )
+    return LlamaConfig(
+        vocab_size=128256,
+        hidden_size=2048,
+        intermediate_size=8192,
+        num_hidden_layers=16,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        max_position_embeddings=4096,
+        rope_theta=500000.0,
+        tie_word_embeddings=True,
+        attn_implementation="sdpa",
+        pad_token_id=0,
+    )
 
 
 def make_model(conf, device, dtype):
@@ -97,8 +123,9 @@ class Plain:
 
     def __init__(self, model, ref, lr: float, autocast):
         self.model, self.ref, self.autocast = model, ref, autocast
-        self.opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01,
-                                     fused=next(model.parameters()).is_cuda or None)
+        self.opt = torch.optim.AdamW(
+            model.parameters(), lr=lr, weight_decay=0.01, fused=next(model.parameters()).is_cuda or None
+        )
 
     def _update(self, loss):
         loss.backward()
@@ -205,8 +232,17 @@ def run(args) -> dict:
     def add(shape, what, loop, sec, tokens, T, train, base=None):
         tps = tokens / sec
         mfu = tps * flops_per_token(conf, n_params, T, train) / peak if peak else None
-        rows.append({"shape": shape, "step": what, "loop": loop, "ms_per_step": 1e3 * sec, "tokens_per_s": tps,
-                     "mfu": mfu, "ratio": (tps / base["tokens_per_s"]) if base else None})
+        rows.append(
+            {
+                "shape": shape,
+                "step": what,
+                "loop": loop,
+                "ms_per_step": 1e3 * sec,
+                "tokens_per_s": tps,
+                "mfu": mfu,
+                "ratio": (tps / base["tokens_per_s"]) if base else None,
+            }
+        )
         return rows[-1]
 
     if args.shape in ("lm", "all"):
@@ -251,17 +287,34 @@ def run(args) -> dict:
         p = add("tofu", "npo+nll", "plain", timed(lambda: plain.npo(fb, rb), warm, iters), tokens, T, True)
         del plain
         loop, cache_s = our_loop(model, "npo", f_items, B, precision, acc, retain="nll")
-        add("tofu", "npo+nll", "ours", timed(lambda: _our_step(loop, f_items, r_items), warm, iters), tokens, T,
-            True, p)
+        add(
+            "tofu",
+            "npo+nll",
+            "ours",
+            timed(lambda: _our_step(loop, f_items, r_items), warm, iters),
+            tokens,
+            T,
+            True,
+            p,
+        )
         rows[-1].update(ref_cache_s=cache_s, micro_batch=loop.micro, padding_share=pad_share)
         del loop
         _free()
     import transformers
 
-    return {"card": card, "peak_flops": peak, "torch": torch.__version__, "transformers": transformers.__version__,
-            "model_params": n_params, "dtype": str(dtype).replace("torch.", ""), "tiny": args.tiny,
-            "warmup": warm, "iters": iters, "rows": rows,
-            "peer_open_unlearning_tofu_npo": {"s_per_step": 2.42, "tokens_per_s": 2400, "card": "H200"}}
+    return {
+        "card": card,
+        "peak_flops": peak,
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "model_params": n_params,
+        "dtype": str(dtype).replace("torch.", ""),
+        "tiny": args.tiny,
+        "warmup": warm,
+        "iters": iters,
+        "rows": rows,
+        "peer_open_unlearning_tofu_npo": {"s_per_step": 2.42, "tokens_per_s": 2400, "card": "H200"},
+    }
 
 
 def _our_step(loop, f_items, r_items=None):
@@ -281,20 +334,26 @@ def _free():
 
 
 def table(res: dict) -> str:
-    lines = [f"card: {res['card']}  (torch {res['torch']}, transformers {res['transformers']}, "
-             f"{res['model_params'] / 1e6:.1f}M params, {res['dtype']})",
-             f"{'shape':<6}{'step':<9}{'loop':<7}{'ms/step':>10}{'tokens/s':>12}{'MFU':>8}{'ours/plain':>12}"]
+    lines = [
+        f"card: {res['card']}  (torch {res['torch']}, transformers {res['transformers']}, "
+        f"{res['model_params'] / 1e6:.1f}M params, {res['dtype']})",
+        f"{'shape':<6}{'step':<9}{'loop':<7}{'ms/step':>10}{'tokens/s':>12}{'MFU':>8}{'ours/plain':>12}",
+    ]
     for r in res["rows"]:
         mfu = f"{100 * r['mfu']:.1f}%" if r["mfu"] is not None else "-"
         ratio = f"{r['ratio']:.2f}x" if r["ratio"] is not None else ""
-        lines.append(f"{r['shape']:<6}{r['step']:<9}{r['loop']:<7}{r['ms_per_step']:>10.1f}{r['tokens_per_s']:>12,.0f}"
-                     f"{mfu:>8}{ratio:>12}")
+        lines.append(
+            f"{r['shape']:<6}{r['step']:<9}{r['loop']:<7}{r['ms_per_step']:>10.1f}{r['tokens_per_s']:>12,.0f}"
+            f"{mfu:>8}{ratio:>12}"
+        )
     tofu = [r for r in res["rows"] if r["shape"] == "tofu" and r["loop"] == "ours"]
     if tofu and not res["tiny"]:
         s = tofu[0]["ms_per_step"] / 1e3
-        lines.append(f"tofu NPO step vs open-unlearning (2.42 s/step on an H200): {2.42 / s:.1f}x faster "
-                     f"(micro-batch {tofu[0]['micro_batch']}, padding {100 * tofu[0]['padding_share']:.0f}%, "
-                     f"reference cache {tofu[0]['ref_cache_s']:.2f} s once)")
+        lines.append(
+            f"tofu NPO step vs open-unlearning (2.42 s/step on an H200): {2.42 / s:.1f}x faster "
+            f"(micro-batch {tofu[0]['micro_batch']}, padding {100 * tofu[0]['padding_share']:.0f}%, "
+            f"reference cache {tofu[0]['ref_cache_s']:.2f} s once)"
+        )
     return "\n".join(lines)
 
 

@@ -18,10 +18,12 @@ def main(out: str) -> None:
     import torch.distributed as dist
     from accelerate import Accelerator
 
-    from unlearn.evaluate import EvalConfig, evaluate
+    from unlearn.evaluate import EvalConfig, _Shard, evaluate
     from unlearn.runner import DataFiles, load_sets, load_target
     from unlearn.targets.llm import load_causal_lm
 
+    # no cpu=True on purpose: on a CPU machine this Accelerator reports one process although the gloo group has two,
+    # and evaluate() must still shard (it reads the group's size)
     acc = Accelerator()
     tgt = load_target("tiny-micro", "tinyfacts", "forget10", log=lambda *a: None)
     sets = mp_sets(load_sets("tinyfacts", "forget10", tgt, DataFiles())[0])
@@ -35,6 +37,7 @@ def main(out: str) -> None:
             json.dump(
                 {
                     "world_size": dist.get_world_size() if dist.is_initialized() else 1,
+                    "shards": _Shard(acc).n,
                     "metrics": m,
                     "examples": ex,
                     "oracle_metrics": om,

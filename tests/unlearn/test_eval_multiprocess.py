@@ -62,7 +62,7 @@ def test_two_processes_equal_one(micro_target, tmp_path):
     log, _ = proc.communicate(timeout=300)
     assert proc.returncode == 0, log[-3000:]
     res = json.loads(out.read_text())
-    assert res["world_size"] == 2  # not silently one process
+    assert res["world_size"] == 2 and res["shards"] == 2  # not silently one process
     m2 = res["metrics"]
     assert set(m2) == set(m1)
     assert "forget_quality" in m1 and "privleak" in m1 and "real_authors_acc" in m1

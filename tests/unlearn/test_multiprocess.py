@@ -15,7 +15,6 @@ import os
 import socket
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -32,8 +31,9 @@ def make_tiny_target():
     micro = get_preset("micro")
     splits = generate(micro.data)
     tok = train_tokenizer(splits, micro.vocab_size)
-    cfg = dataclasses.replace(micro, hidden_size=32, intermediate_size=64, num_layers=2, num_heads=2, epochs=30,
-                              batch_size=16, lr=1e-2)
+    cfg = dataclasses.replace(
+        micro, hidden_size=32, intermediate_size=64, num_layers=2, num_heads=2, epochs=30, batch_size=16, lr=1e-2
+    )
     model, _ = train_qa_model(cfg, tok, splits["full"], progress=False)
     return tok, model, splits
 
@@ -64,24 +64,62 @@ def _free_port() -> int:
 @pytest.mark.slow
 @pytest.mark.parametrize("method", ["npo", "graddiff"])
 def test_two_processes_match_one(target_dir, tmp_path, method):
-    run = ["-m", "unlearn", "run", "--method", method, "--model", str(target_dir / "model"),
-           "--forget", str(target_dir / "forget.jsonl"), "--retain", str(target_dir / "retain.jsonl"),
-           "--holdout", str(target_dir / "holdout.jsonl"), "--no-progress",
-           "--set", "batch_size=4", "--set", "epochs=5", "--set", "lr=1e-3"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
-           "UNLEARN_HOME": str(tmp_path / "home")}
+    run = [
+        "-m",
+        "unlearn",
+        "run",
+        "--method",
+        method,
+        "--model",
+        str(target_dir / "model"),
+        "--forget",
+        str(target_dir / "forget.jsonl"),
+        "--retain",
+        str(target_dir / "retain.jsonl"),
+        "--holdout",
+        str(target_dir / "holdout.jsonl"),
+        "--no-progress",
+        "--set",
+        "batch_size=4",
+        "--set",
+        "epochs=5",
+        "--set",
+        "lr=1e-3",
+    ]
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "HF_HUB_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        "UNLEARN_HOME": str(tmp_path / "home"),
+    }
     if not torch.cuda.is_available():
         # accelerate 1.15: under `launch --multi_gpu` on a machine without CUDA, a bare Accelerator() falls back to
         # DistributedType.NO (one process each); Accelerator(cpu=True), or this variable, gives MULTI_CPU + gloo
         env["ACCELERATE_USE_CPU"] = "1"
-    one = subprocess.run([sys.executable, *run, "--out", str(tmp_path / "one")], env=env, capture_output=True,
-                         text=True, timeout=300)
+    one = subprocess.run(
+        [sys.executable, *run, "--out", str(tmp_path / "one")], env=env, capture_output=True, text=True, timeout=300
+    )
     assert one.returncode == 0, one.stderr[-2000:]
-    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-              "--main_process_port", str(_free_port())]
-    two = subprocess.run([*launch, *run, "--out", str(tmp_path / "two")], env=env, capture_output=True, text=True,
-                         timeout=300)
+    launch = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--main_process_port",
+        str(_free_port()),
+    ]
+    two = subprocess.run(
+        [*launch, *run, "--out", str(tmp_path / "two")], env=env, capture_output=True, text=True, timeout=300
+    )
     assert two.returncode == 0, two.stderr[-3000:]
     d1, d2 = next((tmp_path / "one").rglob("seed0")), next((tmp_path / "two").rglob("seed0"))
     s1, s2 = (json.loads((d / "status.json").read_text())["summary"] for d in (d1, d2))

@@ -28,8 +28,9 @@ def make_tiny_target():
     micro = get_preset("micro")
     splits = generate(micro.data)
     tok = train_tokenizer(splits, micro.vocab_size)
-    cfg = dataclasses.replace(micro, hidden_size=32, intermediate_size=64, num_layers=2, num_heads=2, epochs=30,
-                              batch_size=16, lr=1e-2)
+    cfg = dataclasses.replace(
+        micro, hidden_size=32, intermediate_size=64, num_layers=2, num_heads=2, epochs=30, batch_size=16, lr=1e-2
+    )
     model, _ = train_qa_model(cfg, tok, splits["full"], progress=False)
     return tok, model, splits
 
@@ -52,14 +53,35 @@ def target_dir(tmp_path_factory):
 
 
 def run_command(target: Path, out: Path, *extra: str) -> list[str]:
-    return ["-m", "unlearn", "run", "--method", "npo", "--model", str(target / "model"),
-            "--forget", str(target / "forget.jsonl"), "--retain", str(target / "retain.jsonl"),
-            "--holdout", str(target / "holdout.jsonl"), "--out", str(out), "--no-progress", *extra]
+    return [
+        "-m",
+        "unlearn",
+        "run",
+        "--method",
+        "npo",
+        "--model",
+        str(target / "model"),
+        "--forget",
+        str(target / "forget.jsonl"),
+        "--retain",
+        str(target / "retain.jsonl"),
+        "--holdout",
+        str(target / "holdout.jsonl"),
+        "--out",
+        str(out),
+        "--no-progress",
+        *extra,
+    ]
 
 
 def env(home: Path) -> dict:
-    return {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
-            "UNLEARN_HOME": str(home)}
+    return {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "HF_HUB_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        "UNLEARN_HOME": str(home),
+    }
 
 
 def assert_same_metrics(a: dict, b: dict, rel: float) -> None:
@@ -74,8 +96,13 @@ def assert_same_metrics(a: dict, b: dict, rel: float) -> None:
 def test_sigkill_and_restart_gives_the_same_metrics(target_dir, tmp_path):
     args = ["--set", "batch_size=4", "--set", "epochs=40", "--set", "lr=1e-3", "--set", "checkpoint_every=2"]
     e = env(tmp_path / "home")
-    ref = subprocess.run([sys.executable, *run_command(target_dir, tmp_path / "a", *args)], env=e,
-                         capture_output=True, text=True, timeout=300)
+    ref = subprocess.run(
+        [sys.executable, *run_command(target_dir, tmp_path / "a", *args)],
+        env=e,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert ref.returncode == 0, ref.stderr[-2000:]
     rdir_a = next((tmp_path / "a").rglob("seed0"))
 

@@ -26,8 +26,9 @@ def make_tiny_target():
     micro = get_preset("micro")
     splits = generate(micro.data)
     tok = train_tokenizer(splits, micro.vocab_size)
-    cfg = dataclasses.replace(micro, hidden_size=32, intermediate_size=64, num_layers=2, num_heads=2, epochs=30,
-                              batch_size=16, lr=1e-2)
+    cfg = dataclasses.replace(
+        micro, hidden_size=32, intermediate_size=64, num_layers=2, num_heads=2, epochs=30, batch_size=16, lr=1e-2
+    )
     model, _ = train_qa_model(cfg, tok, splits["full"], progress=False)
     return tok, model, splits
 
@@ -53,8 +54,19 @@ def unlearn(tiny, method: str, tcfg: TrainConfig | None = None, **mkw):
     tok, model, splits = tiny
     spec = get_method(method)
     tcfg = tcfg or TrainConfig(lr=3e-3, epochs=6, batch_size=8, warmup_epochs=0, max_grad_norm=1.0)
-    out, summary = unlearn_model(copy.deepcopy(model), tok, PromptFormat(), splits["forget10"], splits["retain90"],
-                                 spec, spec.config_cls(**mkw), tcfg, seed=0, rdir=None, progress=False)
+    out, summary = unlearn_model(
+        copy.deepcopy(model),
+        tok,
+        PromptFormat(),
+        splits["forget10"],
+        splits["retain90"],
+        spec,
+        spec.config_cls(**mkw),
+        tcfg,
+        seed=0,
+        rdir=None,
+        progress=False,
+    )
     return out, summary
 
 
@@ -182,9 +194,28 @@ def test_nan_loss_stops_with_exit_2_and_keeps_last_good_checkpoint(tiny, tmp_pat
     monkeypatch.setitem(METHODS, "ga", dataclasses.replace(spec, step=nan_step))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("UNLEARN_HOME", str(tmp_path / "home"))
-    rc = main(["run", "--method", "ga", "--model", str(tmp_path / "model"), "--forget", str(tmp_path / "f.jsonl"),
-               "--retain", str(tmp_path / "r.jsonl"), "--out", str(tmp_path / "runs"), "--no-progress",
-               "--set", "batch_size=4", "--set", "epochs=3", "--set", "checkpoint_every=1"])
+    rc = main(
+        [
+            "run",
+            "--method",
+            "ga",
+            "--model",
+            str(tmp_path / "model"),
+            "--forget",
+            str(tmp_path / "f.jsonl"),
+            "--retain",
+            str(tmp_path / "r.jsonl"),
+            "--out",
+            str(tmp_path / "runs"),
+            "--no-progress",
+            "--set",
+            "batch_size=4",
+            "--set",
+            "epochs=3",
+            "--set",
+            "checkpoint_every=1",
+        ]
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2
     assert err[-1].startswith("error: non-finite loss") and "at step 2" in err[-1] and "checkpoint kept" in err[-1]

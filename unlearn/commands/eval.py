@@ -30,28 +30,53 @@ def run(args) -> int:
     out = Path(args.out) if args.out else None
     if out is not None and (out / "metrics.json").exists():
         raise UnlearnError(f"{out / 'metrics.json'} exists; choose another --out (nothing is overwritten)")
-    tgt = load_target(args.model, args.benchmark, args.split, args.prompt)
-    if args.oracle:
-        from unlearn.targets.llm import resolve_model_dir
+    import os
 
-        resolve_model_dir(args.oracle)  # fail early, with the usual one-line errors
-        tgt.oracle_dir = args.oracle
-    sets, _, _ = load_sets(args.benchmark, args.split, tgt, DataFiles(args.forget, args.retain, args.holdout))
-    ecfg = EvalConfig(suite=args.suite)
-    oracle = None
-    if tgt.oracle_dir and not args.no_oracle:
-        from unlearn.targets.llm import load_causal_lm
+    accelerator = None
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # under `accelerate launch`: shard the evaluation
+        import torch
+        from accelerate import Accelerator
 
-        oracle = cached_eval(
-            tgt.oracle_dir, lambda: load_causal_lm(tgt.oracle_dir), tgt.tokenizer, tgt.fmt, sets, ecfg
+        # cpu=True without CUDA: otherwise a gloo launch reports one process and every rank would print and write
+        accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    main = accelerator is None or accelerator.is_main_process
+    try:
+        tgt = load_target(args.model, args.benchmark, args.split, args.prompt)
+        if accelerator is not None:
+            tgt.model.to(accelerator.device)
+        if args.oracle:
+            from unlearn.targets.llm import resolve_model_dir
+
+            resolve_model_dir(args.oracle)  # fail early, with the usual one-line errors
+            tgt.oracle_dir = args.oracle
+        sets, _, _ = load_sets(args.benchmark, args.split, tgt, DataFiles(args.forget, args.retain, args.holdout))
+        ecfg = EvalConfig(suite=args.suite)
+        oracle = None
+        if tgt.oracle_dir and not args.no_oracle:
+            from unlearn.targets.llm import load_causal_lm
+
+            # not sharded: every process reads (or computes and atomically writes) the same cached evaluation
+            oracle = cached_eval(
+                tgt.oracle_dir, lambda: load_causal_lm(tgt.oracle_dir), tgt.tokenizer, tgt.fmt, sets, ecfg
+            )
+        metrics, examples = evaluate(
+            tgt.model, tgt.tokenizer, tgt.fmt, sets, ecfg, oracle=oracle, progress=main, accelerator=accelerator
         )
-    metrics, examples = evaluate(tgt.model, tgt.tokenizer, tgt.fmt, sets, ecfg, oracle=oracle, progress=True)
-    if args.lm_eval_tasks:
-        from unlearn.metrics.lm_eval import run_lm_eval
+        if args.lm_eval_tasks:
+            from unlearn.metrics.lm_eval import run_lm_eval
 
-        metrics.update(
-            run_lm_eval(tgt.model, tgt.tokenizer, [t.strip() for t in args.lm_eval_tasks.split(",")], sets=sets)
-        )
+            # runs on the main process, the result is broadcast: every process calls it
+            tasks = [t.strip() for t in args.lm_eval_tasks.split(",")]
+            metrics.update(run_lm_eval(tgt.model, tgt.tokenizer, tasks, sets=sets))
+    finally:
+        if accelerator is not None:
+            import torch.distributed as dist
+
+            accelerator.wait_for_everyone()
+            if dist.is_initialized():
+                dist.destroy_process_group()
+    if not main:
+        return 0
     cols = {args.model: metrics}
     if oracle:
         cols["oracle"] = oracle["metrics"]

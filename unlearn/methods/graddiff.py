@@ -24,8 +24,12 @@ class GradDiffConfig:
     retain: Literal["none", "nll", "kl", "kl_unmasked"] = "nll"  # retain-term variant
 
 
-@register_method("graddiff", GradDiffConfig, "GA on forget + retain NLL/KL (TOFU grad_diff)",
-                 needs_reference=lambda cfg: cfg.retain.startswith("kl"))
+@register_method(
+    "graddiff",
+    GradDiffConfig,
+    "GA on forget + retain NLL/KL (TOFU grad_diff)",
+    needs_reference=lambda cfg: cfg.retain.startswith("kl"),
+)
 def step(ctx, batch: dict, cfg: GradDiffConfig):
     out, out_r = policy_outputs(ctx, batch, cfg.retain)
     loss = cfg.forget_weight * ga_loss(out["seq_logp"], ctx.norm["forget_tokens"])

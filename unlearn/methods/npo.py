@@ -51,14 +51,17 @@ def npo_weight(logp: torch.Tensor, ref_logp: torch.Tensor, beta: float) -> torch
     return 2 * torch.sigmoid(beta * (logp - ref_logp))
 
 
-@register_method("npo", NPOConfig, "Negative Preference Optimization + retain NLL (NPO+RT)",
-                 needs_reference=lambda cfg: True)
+@register_method(
+    "npo", NPOConfig, "Negative Preference Optimization + retain NLL (NPO+RT)", needs_reference=lambda cfg: True
+)
 def step(ctx, batch: dict, cfg: NPOConfig):
     out, out_r = policy_outputs(ctx, batch, cfg.retain)
     ref = ctx.ref_forget_logp(batch["forget_idx"]).to(out["seq_logp"].device)  # (B,) cached, no grad
     loss = cfg.forget_weight * npo_loss(out["seq_logp"], ref, cfg.beta, ctx.norm["forget_seqs"])
-    logs = {"forget_logp": out["seq_logp"].sum().item() / ctx.norm["forget_tokens"],
-            "npo_weight": npo_weight(out["seq_logp"].detach(), ref, cfg.beta).sum().item() / ctx.norm["forget_seqs"]}
+    logs = {
+        "forget_logp": out["seq_logp"].sum().item() / ctx.norm["forget_tokens"],
+        "npo_weight": npo_weight(out["seq_logp"].detach(), ref, cfg.beta).sum().item() / ctx.norm["forget_seqs"],
+    }
     r, rlogs = retain_term(cfg.retain, ctx, batch["retain"], out_r)
     logs.update(rlogs, retain_loss=float(r.detach()))
     return loss + cfg.retain_weight * r.to(loss.device), logs

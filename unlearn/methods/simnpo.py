@@ -40,20 +40,26 @@ class SimNPOConfig:
     retain: Literal["none", "nll", "kl", "kl_unmasked"] = "nll"  # retain-term variant
 
 
-def simnpo_loss(logp: torch.Tensor, n_tokens: torch.Tensor, beta: float, margin: float = 0.0,
-                n_seqs: float | None = None) -> torch.Tensor:
+def simnpo_loss(
+    logp: torch.Tensor, n_tokens: torch.Tensor, beta: float, margin: float = 0.0, n_seqs: float | None = None
+) -> torch.Tensor:
     """``-(2/beta) * sum_b logsigmoid(beta * (-logp_b/|y_b| - margin)) / n_seqs``. (B,), (B,) -> scalar"""
     n = logp.shape[0] if n_seqs is None else n_seqs
     a = -logp / n_tokens.to(logp.dtype) - margin
     return -(2.0 / beta) * F.logsigmoid(beta * a).sum() / n
 
 
-@register_method("simnpo", SimNPOConfig, "SimNPO: reference-free length-normalised NPO + retain NLL",
-                 needs_reference=lambda cfg: cfg.retain.startswith("kl"))
+@register_method(
+    "simnpo",
+    SimNPOConfig,
+    "SimNPO: reference-free length-normalised NPO + retain NLL",
+    needs_reference=lambda cfg: cfg.retain.startswith("kl"),
+)
 def step(ctx, batch: dict, cfg: SimNPOConfig):
     out, out_r = policy_outputs(ctx, batch, cfg.retain)
-    loss = cfg.forget_weight * simnpo_loss(out["seq_logp"], out["n_tokens"], cfg.beta, cfg.margin,
-                                           ctx.norm["forget_seqs"])
+    loss = cfg.forget_weight * simnpo_loss(
+        out["seq_logp"], out["n_tokens"], cfg.beta, cfg.margin, ctx.norm["forget_seqs"]
+    )
     logs = {"forget_logp": out["seq_logp"].sum().item() / ctx.norm["forget_tokens"]}
     r, rlogs = retain_term(cfg.retain, ctx, batch["retain"], out_r)
     logs.update(rlogs, retain_loss=float(r.detach()))

@@ -174,7 +174,7 @@ def save_grid(images: torch.Tensor, path: str | Path, nrow: int, scale: int = 4,
         r, c = divmod(i, nrow)
         grid[:, r * (h + 1) : r * (h + 1) + h, c * (w + 1) : c * (w + 1) + w] = images[i]
     img = grid.permute(1, 2, 0).numpy()
-    lw = 2.6 if labels else 0
+    lw = 1.1 if labels else 0  # inches of left margin for row labels
     fig = plt.figure(figsize=((grid.shape[2] * scale) / 100 + lw, grid.shape[1] * scale / 100), dpi=100)
     ax = fig.add_axes([lw / fig.get_figwidth(), 0, 1 - lw / fig.get_figwidth(), 1])
     ax.imshow(img, interpolation="nearest")

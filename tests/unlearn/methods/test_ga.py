@@ -20,12 +20,22 @@ def test_matches_minus_hf_loss_on_a_padded_batch():
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
-    conf = LlamaConfig(vocab_size=50, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                       num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=64, pad_token_id=0)
+    conf = LlamaConfig(
+        vocab_size=50,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+        pad_token_id=0,
+    )
     model = LlamaForCausalLM(conf).eval()
-    items = [([1, 5, 6, 7, 8, 9], [IGNORE, IGNORE, IGNORE, 7, 8, 9]),
-             ([1, 11, 12, 13], [IGNORE, IGNORE, 12, 13]),
-             ([1, 20, 21, 22, 23, 24, 25, 26], [IGNORE] * 5 + [24, 25, 26])]
+    items = [
+        ([1, 5, 6, 7, 8, 9], [IGNORE, IGNORE, IGNORE, 7, 8, 9]),
+        ([1, 11, 12, 13], [IGNORE, IGNORE, 12, 13]),
+        ([1, 20, 21, 22, 23, 24, 25, 26], [IGNORE] * 5 + [24, 25, 26]),
+    ]
     b = collate(items, pad_id=0)
     with torch.no_grad():
         seq, n = sequence_logps(model, b)

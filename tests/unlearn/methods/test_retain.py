@@ -54,8 +54,12 @@ def test_retain_kinds():
     pol_full[0, 2, 0] = math.log(3.0)
     batch = {"input_ids": torch.tensor([[1, 5, 6]]), "labels": torch.tensor([[-100, 5, 6]])}
     mask = batch["labels"][:, 1:] != -100
-    out = {"seq_logp": torch.tensor([-1.2]), "n_tokens": torch.tensor([2]), "logits": pol_full[:, :-1][mask],
-           "full_logits": pol_full}
+    out = {
+        "seq_logp": torch.tensor([-1.2]),
+        "n_tokens": torch.tensor([2]),
+        "logits": pol_full[:, :-1][mask],
+        "full_logits": pol_full,
+    }
     ctx = FakeCtx(ref_full, {"retain_seqs": 1.0, "retain_tokens": 2.0})
     assert retain_term("none", ctx, batch, None)[0].item() == 0.0
     assert math.isclose(retain_term("nll", ctx, batch, out)[0].item(), 0.6, rel_tol=1e-6)
