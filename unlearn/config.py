@@ -51,10 +51,13 @@ class TrainConfig:
     lora: LoraConfig = field(default_factory=LoraConfig)
 
 
-# The embedded TinyFacts target: measured to move forget accuracy while keeping retain with the default methods.
+# The embedded TinyFacts target (0.8M parameters; the reference lr 1e-5 barely moves it). Calibrated on the default
+# target, forget10, seed 0, basic suite (forget_acc / retain_acc; target 0.67 / 0.67, oracle 0.07 / 0.775):
+#   lr 3e-4, 10 epochs: GA 0.035 / 0.09, NPO 0.045 / 0.195, GradDiff 0.095 / 0.385, SimNPO 0.56 / 0.655.
+# Higher lr (1e-3, 5 epochs) collapses NPO's retain too (0.075); 5 epochs at 3e-4 leaves GA's retain at 0.31.
 EMBEDDED_TRAIN: dict[str, Any] = {
-    "lr": 1e-3,
-    "epochs": 5,
+    "lr": 3e-4,
+    "epochs": 10,
     "batch_size": 32,
     "warmup_epochs": 1.0,
     "checkpoint_every": 10,

@@ -19,7 +19,6 @@ run() {  # name, timeout, command...
 }
 [ -f benchmarks/speed/train_speed.py ] && run train_speed_lm 150 python3 benchmarks/speed/train_speed.py --shape lm --out "$OUT/train_speed_lm.json"
 [ -f benchmarks/speed/train_speed.py ] && run train_speed_tofu 120 python3 benchmarks/speed/train_speed.py --shape tofu --out "$OUT/train_speed_tofu.json"
-[ -f benchmarks/speed/eval_speed.py ] && run eval_speed 150 python3 benchmarks/speed/eval_speed.py --out "$OUT/eval_speed.json"
-[ -f benchmarks/speed/uce_edit.py ] && run uce_edit 60 python3 benchmarks/speed/uce_edit.py --device cuda --out "$OUT/uce_edit.json"
-[ -f benchmarks/gpu/diffusion_gpu.sh ] && run diffusion_gpu 240 bash benchmarks/gpu/diffusion_gpu.sh
+[ -f benchmarks/speed/eval_speed.py ] && run eval_speed 180 python3 benchmarks/speed/eval_speed.py --json "$OUT/eval_speed.json"
+[ -f benchmarks/gpu/diffusion_gpu.sh ] && run diffusion_gpu 150 bash benchmarks/gpu/diffusion_gpu.sh
 echo done

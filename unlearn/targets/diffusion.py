@@ -111,7 +111,10 @@ def _scheduler(cfg: dict):
     from diffusers import DDIMScheduler
 
     keep = {k: v for k, v in cfg.items() if not k.startswith("_")}
-    keep.setdefault("timestep_spacing", "trailing")  # start sampling at t = T-1 (pure noise)
+    # "trailing": the first step is t = T-1, where x_T really is pure noise. DDPM's default "leading" starts at
+    # t = T - T/steps and mistakes the noise's low frequencies for signal: washed-out colours, grey backgrounds
+    # (Lin et al. 2024, https://arxiv.org/abs/2305.08891, §3.3).
+    keep["timestep_spacing"] = "trailing"
     return DDIMScheduler.from_config(keep)
 
 

@@ -117,3 +117,35 @@ def test_checkpoint_with_wrong_shapes_is_rejected(tiny, tmp_path):
     (tmp_path / "m" / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(UnlearnError, match="do not match"):
         load_causal_lm(str(tmp_path / "m"))
+
+
+def test_length_groups_only_split_when_it_saves_padding():
+    from unlearn.targets.llm import length_groups
+
+    assert length_groups([10] * 8) == [list(range(8))]  # equal lengths: one pass
+    g = length_groups([20] * 32 + [400] * 32, overhead_tokens=1024)
+    assert len(g) == 2 and sorted(g[0]) == list(range(32))
+
+
+def test_bucketed_forward_equals_one_pass(tiny):
+    """Length groups change only how the batch runs, not what comes out (order included)."""
+    from unlearn.targets.llm import SequenceLogProbs
+
+    model, tok = tiny
+    fmt = PromptFormat()
+    qs = ["Where was Ada born?", "What is 2 plus 3?"] * 3
+    ans = ["Karth", "5", "a much longer answer that makes this sequence far longer than the others " * 2] * 2
+    items = [encode_qa(tok, fmt, q, a) for q, a in zip(qs, ans)]
+    batch = collate(items, tok.pad_token_id)
+    import unlearn.targets.llm as llm
+
+    one = SequenceLogProbs(model, bucket=False)(**batch)
+    orig = llm.length_groups
+    llm.length_groups = lambda lengths, overhead_tokens=0: orig(lengths, overhead_tokens=0)  # force splitting
+    try:
+        many = SequenceLogProbs(model)(**batch)
+    finally:
+        llm.length_groups = orig
+    torch.testing.assert_close(many["seq_logp"], one["seq_logp"], atol=1e-4, rtol=1e-5)
+    assert torch.equal(many["row"], one["row"]) and torch.equal(many["n_tokens"], one["n_tokens"])
+    torch.testing.assert_close(many["logits"], one["logits"], atol=1e-4, rtol=1e-5)
