@@ -17,7 +17,20 @@ def _run(args, capsys):
 def npo_run(micro_target, tmp_path_factory):
     out = tmp_path_factory.mktemp("runs")
     rc = main(
-        ["run", "--method", "npo", "--model", "tiny-micro", "--out", str(out), "--no-progress", "--set", "epochs=4"]
+        [
+            "run",
+            "--method",
+            "npo",
+            "--model",
+            "tiny-micro",
+            "--out",
+            str(out),
+            "--no-progress",
+            "--set",
+            "epochs=4",
+            "--set",
+            "lr=1e-3",
+        ]
     )
     assert rc == 0
     return out / "tinyfacts" / "tiny-micro" / "npo" / "forget10" / "seed0"
@@ -46,7 +59,20 @@ def test_rerun_refuses_without_force(npo_run, capsys):
     out = npo_run.parents[4]
     before = (npo_run / "metrics.json").read_text()
     rc, _, err = _run(
-        ["run", "--method", "npo", "--model", "tiny-micro", "--out", str(out), "--no-progress", "--set", "epochs=4"],
+        [
+            "run",
+            "--method",
+            "npo",
+            "--model",
+            "tiny-micro",
+            "--out",
+            str(out),
+            "--no-progress",
+            "--set",
+            "epochs=4",
+            "--set",
+            "lr=1e-3",
+        ],
         capsys,
     )
     assert rc == 2 and "already finished" in err and "--force" in err

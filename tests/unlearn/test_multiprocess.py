@@ -93,10 +93,6 @@ def test_two_processes_match_one(target_dir, tmp_path, method):
         "TOKENIZERS_PARALLELISM": "false",
         "UNLEARN_HOME": str(tmp_path / "home"),
     }
-    if not torch.cuda.is_available():
-        # accelerate 1.15: under `launch --multi_gpu` on a machine without CUDA, a bare Accelerator() falls back to
-        # DistributedType.NO (one process each); Accelerator(cpu=True), or this variable, gives MULTI_CPU + gloo
-        env["ACCELERATE_USE_CPU"] = "1"
     one = subprocess.run(
         [sys.executable, *run, "--out", str(tmp_path / "one")], env=env, capture_output=True, text=True, timeout=300
     )

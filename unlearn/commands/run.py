@@ -67,9 +67,11 @@ def run(args) -> int:
     )
     accelerator = None
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        import torch
         from accelerate import Accelerator
 
-        accelerator = Accelerator()
+        # a bare Accelerator() reports DistributedType.NO under a gloo (CPU) launch: ask for the CPU backend
+        accelerator = Accelerator(cpu=not torch.cuda.is_available())
     try:
         rdir = run(ra, accelerator=accelerator)
     finally:
