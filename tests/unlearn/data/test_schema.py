@@ -50,7 +50,7 @@ def test_answer_must_be_non_empty_string(value):
 
 
 def test_optional_string_fields_type_checked():
-    with pytest.raises(UnlearnError, match=r"^w: field 'paraphrased_answer' must be a string"):
+    with pytest.raises(UnlearnError, match=r"^w: field 'paraphrased_answer' must be a non-empty string"):
         validate_record({**GOOD, "paraphrased_answer": ["x"]}, "w")
 
 
