@@ -118,3 +118,12 @@ def test_eval_and_list(capsys, micro_target, tmp_path):
     for what, word in (("methods", "npo"), ("metrics", "forget_quality"), ("models", "llama-1b")):
         rc, out, _ = _run(["list", what], capsys)
         assert rc == 0 and word in out
+
+
+def test_reuse_shows_a_finished_run_with_the_same_settings(npo_run, capsys):
+    out = npo_run.parents[4]
+    base = ["run", "--method", "npo", "--model", "tiny-micro", "--out", str(out), "--no-progress", "--reuse"]
+    rc, stdout, _ = _run([*base, "--set", "epochs=4", "--set", "lr=1e-3"], capsys)
+    assert rc == 0 and "forget_acc" in stdout
+    rc, _, err = _run([*base, "--set", "epochs=5", "--set", "lr=1e-3"], capsys)
+    assert rc == 2 and "other settings" in err

@@ -29,3 +29,14 @@ def test_cache_is_reused_and_keyed_by_recipe(micro_target):
     cfg = get_preset("micro")
     assert target_root(replace(cfg, epochs=cfg.epochs + 1)) != target_root(cfg)
     assert target_root(replace(cfg, threads=2)) == target_root(cfg)  # a speed knob is not part of the key
+
+
+def test_extra_seed_oracle(micro_target):
+    """A second retain-only oracle (another seed) never saw the forget set either."""
+    from unlearn.targets.build import build_oracle_seed
+
+    d = build_oracle_seed("micro", "forget10", seed=1, progress=False, log=lambda *a: None)
+    assert d.name == "oracle_forget10_seed1" and (d / "model.safetensors").exists()
+    info = json.loads((d / "build.json").read_text())
+    assert info["recipe"]["seed"] == 1
+    assert info["accuracy"]["forget10"] <= 0.25 and info["accuracy"]["retain90"] >= 0.9
