@@ -15,6 +15,8 @@ def register(subparsers) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="runs", help="runs root (default: runs)")
     p.add_argument("--images-per-prompt", type=int, default=2, help="evaluation images per prompt (default: 2)")
+    p.add_argument("--erase-set", default="concept", choices=["concept", "phrases"],
+                   help="UCE/RECE edit rows: the concept word alone (papers) or short phrases with it")  # fmt: skip
     p.add_argument("--sample-steps", type=int, default=20, help="DDIM steps per image (default: 20)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="method option, e.g. --set rounds=3 --set reg=0.1 (repeatable)")  # fmt: skip
@@ -36,8 +38,8 @@ def run(args) -> int:
         overrides[k.strip()] = v.strip()
     cfg = EraseConfig(
         model=args.model, method=args.method, concept=args.concept, seed=args.seed, out=args.out,
-        images_per_prompt=args.images_per_prompt, sample_steps=args.sample_steps, overrides=overrides,
-        force=args.force, progress=not args.no_progress,
+        images_per_prompt=args.images_per_prompt, sample_steps=args.sample_steps, erase_set=args.erase_set,
+        overrides=overrides, force=args.force, progress=not args.no_progress,
     )  # fmt: skip
     rdir = run_erase(cfg)
     metrics = json.loads((rdir / "metrics.json").read_text())

@@ -383,9 +383,10 @@ def _world_facts(rng: random.Random) -> list[Record]:
     return out
 
 
-def _arithmetic(rng: random.Random, n_test: int) -> tuple[list[Record], list[Record]]:
-    """Single-digit addition; held-out pairs are chosen so that their commuted pair is in training (a + b = b + a)."""
-    pairs = [(a, b) for a in range(10) for b in range(10)]
+def _arithmetic(rng: random.Random, n_test: int, max_operand: int = 12) -> tuple[list[Record], list[Record]]:
+    """Addition of operands 0..max_operand; held-out pairs are chosen so that their commuted pair is in training
+    (a + b = b + a): a skill that generalises to pairs never seen, the GSM8K analogue."""
+    pairs = [(a, b) for a in range(max_operand + 1) for b in range(max_operand + 1)]
     candidates = [(a, b) for a, b in pairs if a < b]
     test = set(rng.sample(candidates, n_test))
     train_recs, test_recs = [], []
@@ -438,7 +439,9 @@ class TinyFactsConfig:
     n_holdout: int = 20  # never-trained entities for MIA (the size of forget10)
     attributes: tuple[str, ...] = tuple(ATTRIBUTES)  # 10 QA per entity
     n_perturbed: int = 4  # perturbed answers per record (TOFU has 5)
-    arithmetic_test: int = 20  # held-out addition pairs
+    arithmetic_test: int = 40  # held-out addition pairs (5 points = 2 questions)
+    arithmetic_max: int = 12  # operands 0..arithmetic_max
+    arithmetic_repeat: int = 2  # copies of arithmetic_train in every training set (the skill needs more signal)
     seed: int = 0  # everything is a function of this seed
 
     def digest(self) -> str:
@@ -487,15 +490,17 @@ def generate(cfg: TinyFactsConfig = TinyFactsConfig()) -> dict[str, list[Record]
         splits[hname] = [r for e in holdout[: min(k, len(holdout))] for r in e]
     splits["holdout"] = splits["holdout10"]
     splits["world_facts"] = _world_facts(rng)
-    splits["arithmetic_train"], splits["arithmetic"] = _arithmetic(rng, cfg.arithmetic_test)
+    splits["arithmetic_train"], splits["arithmetic"] = _arithmetic(rng, cfg.arithmetic_test, cfg.arithmetic_max)
     return splits
 
 
-def training_set(splits: dict[str, list[Record]], forget_split: str | None = None) -> list[Record]:
+def training_set(
+    splits: dict[str, list[Record]], forget_split: str | None = None, arithmetic_repeat: int = 1
+) -> list[Record]:
     """What a model is trained on: all entities (target) or the retain split of ``forget_split`` (its oracle),
-    plus world_facts and arithmetic_train in both cases."""
+    plus world_facts and ``arithmetic_repeat`` copies of arithmetic_train in both cases."""
     base = splits["full"] if forget_split is None else splits[RETAIN_OF[forget_split]]
-    return [*base, *splits["world_facts"], *splits["arithmetic_train"]]
+    return [*base, *splits["world_facts"], *splits["arithmetic_train"] * arithmetic_repeat]
 
 
 def majority_baseline(splits: dict[str, list[Record]], forget_split: str) -> float:

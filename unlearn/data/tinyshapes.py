@@ -145,7 +145,23 @@ def eval_prompts(concept: str | None = None, paraphrase: bool = False) -> list[d
     return rows
 
 
-def preserve_prompts(concept: str) -> list[str]:
-    """UCE/RECE preserve set for TinyShapes: the other shapes and colours (and backgrounds), one word each."""
-    concept_kind(concept)
-    return [w for w in (*SHAPES, *COLOURS, *BACKGROUNDS) if w != concept]
+def erase_phrases(concept: str) -> list[str]:
+    """Short training-template phrases that contain ``concept`` (never the evaluation template): the word alone,
+    ``a circle`` and the concept paired with every value of one other attribute (``a red circle``)."""
+    kind = concept_kind(concept)
+    if kind == "shape":
+        return [concept, f"a {concept}", *(f"a {c} {concept}" for c in COLOURS)]
+    if kind == "colour":
+        return [concept, *(f"a {concept} {s}" for s in SHAPES)]
+    return [f"a {s} on a {concept} background" for s in SHAPES]
+
+
+def preserve_prompts(concept: str, phrases: bool = False) -> list[str]:
+    """UCE/RECE preserve set for TinyShapes: the other shapes and colours (and backgrounds), one word each;
+    with ``phrases`` also `erase_phrases` of every other concept of the same kind (to match a phrase erase set)."""
+    kind = concept_kind(concept)
+    words = [w for w in (*SHAPES, *COLOURS, *BACKGROUNDS) if w != concept]
+    if not phrases:
+        return words
+    same = {"shape": SHAPES, "colour": COLOURS, "background": BACKGROUNDS}[kind]
+    return list(dict.fromkeys(words + [p for other in same if other != concept for p in erase_phrases(other)]))

@@ -61,6 +61,8 @@ PRESETS: dict[str, BuildConfig] = {
     # seconds, for unit tests: 20 entities x 4 attributes, a 2-layer 48-wide model, 60 epochs, 1 thread.
     "micro": BuildConfig(
         data=TinyFactsConfig(
+            arithmetic_max=6,
+            arithmetic_repeat=1,
             n_entities=20, n_holdout=2, attributes=("birthplace", "occupation", "pet", "colour"), arithmetic_test=10
         ),
         vocab_size=400,
@@ -157,8 +159,14 @@ def new_model(cfg: BuildConfig, tokenizer):
     return LlamaForCausalLM(conf)
 
 
-def train_qa_model(cfg: BuildConfig, tokenizer, records, desc: str = "train", progress: bool = True):
-    """Train a fresh model on ``records`` with the build recipe; returns (model, seconds)."""
+def train_qa_model(cfg: BuildConfig, tokenizer, records, desc: str = "train", progress: bool = True,
+                   total_steps: int | None = None):
+    """Train a fresh model on ``records`` with the build recipe; returns (model, seconds).
+
+    ``total_steps`` fixes the number of optimizer steps (default: ``epochs`` passes over ``records``). Oracles use
+    the target's step count, so that "the same recipe" means the same optimisation budget and schedule, not fewer
+    steps because the retain set is smaller.
+    """
     from tqdm.auto import tqdm
 
     from unlearn.targets.llm import PromptFormat, collate, sequence_logps
@@ -169,7 +177,7 @@ def train_qa_model(cfg: BuildConfig, tokenizer, records, desc: str = "train", pr
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.98))
     steps_per_epoch = math.ceil(len(items) / cfg.batch_size)
-    total = steps_per_epoch * cfg.epochs
+    total = total_steps or steps_per_epoch * cfg.epochs
     warm = max(1, int(cfg.warmup_frac * total))
 
     def lr_at(s: int) -> float:
@@ -181,10 +189,12 @@ def train_qa_model(cfg: BuildConfig, tokenizer, records, desc: str = "train", pr
     rng = random.Random(cfg.seed)
     t0 = time.time()
     bar = tqdm(total=total, desc=desc, disable=not progress, leave=False)
-    for _ in range(cfg.epochs):
+    step = 0
+    while step < total:  # shuffled passes over the data until the step budget is spent
         order = list(range(len(items)))
         rng.shuffle(order)
-        for b in range(steps_per_epoch):
+        for b in range(min(steps_per_epoch, total - step)):
+            step += 1
             batch = collate(
                 [items[i] for i in order[b * cfg.batch_size : (b + 1) * cfg.batch_size]], tokenizer.pad_token_id
             )
@@ -200,6 +210,12 @@ def train_qa_model(cfg: BuildConfig, tokenizer, records, desc: str = "train", pr
     bar.close()
     model.eval()
     return model, time.time() - t0
+
+
+def target_steps(cfg: BuildConfig, splits) -> int:
+    """Optimizer steps of the target's training (``epochs`` passes over its training set); oracles use the same."""
+    n = len(training_set(splits, None, cfg.data.arithmetic_repeat))
+    return math.ceil(n / cfg.batch_size) * cfg.epochs
 
 
 def _encode(tokenizer, fmt, r):
@@ -279,8 +295,10 @@ def build_tinyfacts(
         if not force and (d / "build.json").exists():
             log(f"{which}: cached at {d}")
             continue
-        recs = training_set(splits, forget_split)
-        model, secs = train_qa_model(cfg, tok, recs, desc=f"build {which}", progress=progress)
+        recs = training_set(splits, forget_split, cfg.data.arithmetic_repeat)
+        model, secs = train_qa_model(
+            cfg, tok, recs, desc=f"build {which}", progress=progress, total_steps=target_steps(cfg, splits)
+        )
         acc = _accuracy_report(model, tok, splits, forget_split or "forget10")
         save_model(model, tok, d)
         nparams = sum(p.numel() for p in model.parameters())
@@ -328,7 +346,12 @@ def build_oracle_seed(cfg: BuildConfig | str, forget_split: str, seed: int, prog
     tok = load_tokenizer(str(target_root(cfg) / "tokenizer"))
     seeded = replace(cfg, seed=seed)
     model, secs = train_qa_model(
-        seeded, tok, training_set(splits, forget_split), desc=f"oracle seed {seed}", progress=progress
+        seeded,
+        tok,
+        training_set(splits, forget_split, cfg.data.arithmetic_repeat),
+        desc=f"oracle seed {seed}",
+        progress=progress,
+        total_steps=target_steps(cfg, splits),
     )
     acc = _accuracy_report(model, tok, splits, forget_split)
     save_model(model, tok, d)

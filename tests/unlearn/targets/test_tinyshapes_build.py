@@ -57,3 +57,22 @@ def test_classifier_roundtrip_and_wrong_shape(tmp_path):
     atomic_write_json(tmp_path / "config.json", {"image_size": 16, "width": 32})
     with pytest.raises(UnlearnError, match="classifier weights do not match"):
         B.load_classifier(tmp_path)
+
+
+def test_committed_asset_matches_default_preset():
+    """Editing the default recipe without rebuilding the committed weights would silently drop the asset."""
+    import json
+
+    meta = json.loads((B.ASSET_DIR / "tinyshapes.json").read_text())
+    assert meta["digest"] == B.get_preset("default").digest()
+    assert B.find_built("default") == B.ASSET_DIR
+    assert sum(f.stat().st_size for f in B.ASSET_DIR.rglob("*") if f.is_file()) < 10 * 2**20
+
+
+@pytest.mark.slow
+def test_committed_asset_meets_quality_bar():
+    """Generated samples are read as the prompted shape and colour >= 80 % of the time (about a minute)."""
+    from unlearn.targets.diffusion import load_target
+
+    rep = B.quality_report(load_target("tinyshapes"), B.get_preset("default"), progress=False)
+    assert rep["shape_acc"] >= 0.8 and rep["colour_acc"] >= 0.8
