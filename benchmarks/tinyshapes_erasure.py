@@ -28,7 +28,17 @@ COLS = [
     ("cka_retain", "CKA retain ↑"),
     ("edit_seconds", "edit s"),
 ]
-RUNS = [("none", {}), ("uce", {}), ("rece", {"rounds": "3"}), ("ga", {}), ("npo", {})]
+# (method, overrides, erase set): the papers' setting (the concept word alone), then the same edits from short
+# phrases containing the word (data.tinyshapes.erase_phrases), then the gradient methods
+RUNS = [
+    ("none", {}, "concept"),
+    ("uce", {}, "concept"),
+    ("rece", {"rounds": "3"}, "concept"),
+    ("uce", {}, "phrases"),
+    ("rece", {"rounds": "3"}, "phrases"),
+    ("ga", {}, "concept"),
+    ("npo", {}, "concept"),
+]
 
 
 def row(name, m):
@@ -45,24 +55,29 @@ def main():
     a = ap.parse_args()
     lines = ["| model | " + " | ".join(c for _, c in COLS) + " |", "|---" * (len(COLS) + 1) + "|"]
     base = EraseConfig(model=a.model, concept=a.concept, out=a.out)
-    for method, ov in RUNS:
-        rdir = run_erase(dataclasses.replace(base, method=method, overrides=ov))
+    for method, ov, es in RUNS:
+        rdir = run_erase(dataclasses.replace(base, method=method, overrides=ov, erase_set=es))
         m = json.loads((rdir / "metrics.json").read_text())
+        tag = "" if es == "concept" else f" ({es})"
         if method == "rece":
             rounds = [json.loads(x) for x in (rdir / "rounds.jsonl").read_text().splitlines()]
-            lines += [row(f"RECE round {r['round']}", r) for r in rounds if r["round"] > 0]
+            lines += [row(f"RECE round {r['round']}{tag}", r) for r in rounds if r["round"] > 0]
         else:
-            lines.append(row({"none": "original"}.get(method, method.upper()), m))
+            lines.append(row({"none": "original"}.get(method, method.upper()) + tag, m))
     print("\n".join(lines))
     # one grid: the same prompts and noise through every model
     target = load_target(a.model)
     prompts = grid_prompts(a.concept)
     imgs, labels = [], []
-    for method, ov in [("none", {}), ("uce", {}), ("rece", {"rounds": "1"}), ("rece", {"rounds": "3"}), *RUNS[3:]]:
+    for method, ov, es in RUNS:
         t = dataclasses.replace(target, unet=copy.deepcopy(target.unet))
-        apply_method(t, method, method_config(method, ov), a.concept, dataclasses.replace(base, method=method))
-        imgs.append(sample(t, encode_prompts(t, prompts), seed=base.seed, steps=base.sample_steps))
-        labels.append({"none": "original", "rece": f"RECE r{ov.get('rounds')}"}.get(method, method.upper()))
+        run_cfg = dataclasses.replace(base, method=method, erase_set=es)
+        apply_method(t, method, method_config(method, ov), a.concept, run_cfg)
+        imgs.append(
+            sample(t, encode_prompts(t, prompts), seed=base.seed, steps=base.sample_steps, guidance=base.guidance)
+        )
+        name = {"none": "original", "rece": f"RECE r{ov.get('rounds')}"}.get(method, method.upper())
+        labels.append(name + ("" if es == "concept" else f" ({es})"))
     Path(a.grid).parent.mkdir(parents=True, exist_ok=True)
     save_grid(torch.cat(imgs), a.grid, nrow=len(prompts), scale=6, labels=labels)
     print("columns:", " | ".join(prompts))

@@ -71,6 +71,14 @@ def test_erase_rece_writes_run_dir(env, tmp_path, capsys):
     assert "already finished" in capsys.readouterr().out
 
 
+def test_erase_uce_from_phrases(env, tmp_path):
+    argv = ["erase", "--method", "uce", "--erase-set", "phrases", "--model", "tinyshapes-micro", "--concept", "red"]
+    assert main([*argv, "--out", str(tmp_path), *FAST]) == 0
+    rdir = tmp_path / "tinyshapes" / "tinyshapes-micro" / "uce-phrases" / "red" / "seed0"
+    cfg = json.loads((rdir / "config.json").read_text())
+    assert cfg["erase"]["erase_set"] == "phrases" and (rdir / "metrics.json").exists()
+
+
 def test_erase_ga_changes_only_cross_attention(env, tmp_path):
     from unlearn.erase import EraseConfig, apply_method, method_config
     from unlearn.targets.diffusion import load_target

@@ -33,4 +33,4 @@ def ga_loss(forget_logp: torch.Tensor, total_tokens: float | torch.Tensor) -> to
 def step(ctx, batch: dict, cfg: GAConfig):
     out = ctx.policy(batch["forget"])
     loss = cfg.forget_weight * ga_loss(out["seq_logp"], ctx.norm["forget_tokens"])
-    return loss, {"forget_logp": out["seq_logp"].sum().item() / ctx.norm["forget_tokens"]}
+    return loss, {"forget_logp": out["seq_logp"].detach().sum() / ctx.norm["forget_tokens"]}

@@ -33,7 +33,7 @@ class GradDiffConfig:
 def step(ctx, batch: dict, cfg: GradDiffConfig):
     out, out_r = policy_outputs(ctx, batch, cfg.retain)
     loss = cfg.forget_weight * ga_loss(out["seq_logp"], ctx.norm["forget_tokens"])
-    logs = {"forget_logp": out["seq_logp"].sum().item() / ctx.norm["forget_tokens"]}
+    logs = {"forget_logp": out["seq_logp"].detach().sum() / ctx.norm["forget_tokens"]}
     r, rlogs = retain_term(cfg.retain, ctx, batch["retain"], out_r)
-    logs.update(rlogs, retain_loss=float(r.detach()))
+    logs.update(rlogs, retain_loss=r.detach())
     return loss + cfg.retain_weight * r.to(loss.device), logs

@@ -59,9 +59,9 @@ def step(ctx, batch: dict, cfg: NPOConfig):
     ref = ctx.ref_forget_logp(batch["forget_idx"]).to(out["seq_logp"].device)  # (B,) cached, no grad
     loss = cfg.forget_weight * npo_loss(out["seq_logp"], ref, cfg.beta, ctx.norm["forget_seqs"])
     logs = {
-        "forget_logp": out["seq_logp"].sum().item() / ctx.norm["forget_tokens"],
-        "npo_weight": npo_weight(out["seq_logp"].detach(), ref, cfg.beta).sum().item() / ctx.norm["forget_seqs"],
+        "forget_logp": out["seq_logp"].detach().sum() / ctx.norm["forget_tokens"],
+        "npo_weight": npo_weight(out["seq_logp"].detach(), ref, cfg.beta).sum() / ctx.norm["forget_seqs"],
     }
     r, rlogs = retain_term(cfg.retain, ctx, batch["retain"], out_r)
-    logs.update(rlogs, retain_loss=float(r.detach()))
+    logs.update(rlogs, retain_loss=r.detach())
     return loss + cfg.retain_weight * r.to(loss.device), logs

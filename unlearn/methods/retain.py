@@ -34,7 +34,7 @@ def retain_term(kind: str, ctx, batch: dict, out: dict | None) -> tuple[torch.Te
     """The retain term of ``kind`` on the retain ``batch``; ``out`` is the policy's output on it (None for none)."""
     if kind == "none":
         return torch.zeros(()), {}
-    logs = {"retain_logp": out["seq_logp"].sum().item() / ctx.norm["retain_tokens"]}
+    logs = {"retain_logp": out["seq_logp"].detach().sum() / ctx.norm["retain_tokens"]}
     if kind == "nll":
         return nll_term(out["seq_logp"], ctx.norm["retain_tokens"]), logs
     full = kind == "kl_unmasked"

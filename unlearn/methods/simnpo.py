@@ -60,7 +60,7 @@ def step(ctx, batch: dict, cfg: SimNPOConfig):
     loss = cfg.forget_weight * simnpo_loss(
         out["seq_logp"], out["n_tokens"], cfg.beta, cfg.margin, ctx.norm["forget_seqs"]
     )
-    logs = {"forget_logp": out["seq_logp"].sum().item() / ctx.norm["forget_tokens"]}
+    logs = {"forget_logp": out["seq_logp"].detach().sum() / ctx.norm["forget_tokens"]}
     r, rlogs = retain_term(cfg.retain, ctx, batch["retain"], out_r)
-    logs.update(rlogs, retain_loss=float(r.detach()))
+    logs.update(rlogs, retain_loss=r.detach())
     return loss + cfg.retain_weight * r.to(loss.device), logs

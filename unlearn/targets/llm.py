@@ -260,23 +260,37 @@ def sequence_logps(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
     return seq, n
 
 
-def length_groups(lengths: Sequence[int], overhead_tokens: int = 1024) -> list[list[int]]:
-    """Split a batch into 1, 2 or 4 groups of similar length when that saves more padded tokens than it costs.
+def length_groups(lengths: Sequence[int], overhead_tokens: int = 1024, max_groups: int = 4) -> list[list[int]]:
+    """Split a batch into at most ``max_groups`` runs of similar length when that saves more padded tokens than the
+    extra forward passes cost.
 
-    Cost model: padded tokens of each group (``len(group) * its longest sequence``) plus ``overhead_tokens`` per
-    extra forward pass. Sequences are sorted by length first. Returns lists of row indices.
+    Cost of a split: padded tokens of each group (its size times its longest sequence) plus ``overhead_tokens`` per
+    extra forward pass. Sequences are sorted by length and the optimal contiguous split is found by dynamic
+    programming (n <= a few hundred, k <= 4: negligible). Returns lists of row indices.
     """
     order = sorted(range(len(lengths)), key=lambda i: lengths[i])
-    best: tuple[int, list[list[int]]] | None = None
-    for k in (1, 2, 4):
-        if k > len(order):
-            break
-        size = -(-len(order) // k)
-        groups = [order[i : i + size] for i in range(0, len(order), size)]
-        cost = sum(len(g) * lengths[g[-1]] for g in groups) + overhead_tokens * (len(groups) - 1)
-        if best is None or cost < best[0]:
-            best = (cost, groups)
-    return best[1] if best else [order]
+    L = [lengths[i] for i in order]
+    n = len(L)
+    if n <= 1:
+        return [order]
+    inf = float("inf")
+    # best[k][j]: cost of the first j sorted rows in k groups; cut[k][j]: where the last group starts
+    best = [[inf] * (n + 1) for _ in range(max_groups + 1)]
+    cut = [[0] * (n + 1) for _ in range(max_groups + 1)]
+    best[0][0] = 0
+    for k in range(1, max_groups + 1):
+        for j in range(1, n + 1):
+            for i in range(k - 1, j):
+                c = best[k - 1][i] + (j - i) * L[j - 1]
+                if c < best[k][j]:
+                    best[k][j], cut[k][j] = c, i
+    k = min(range(1, max_groups + 1), key=lambda k: best[k][n] + overhead_tokens * (k - 1))
+    groups, j = [], n
+    while k > 0:
+        i = cut[k][j]
+        groups.append(order[i:j])
+        j, k = i, k - 1
+    return groups[::-1]
 
 
 class SequenceLogProbs(nn.Module):

@@ -93,9 +93,10 @@ def build_root(cfg: ShapesBuildConfig) -> Path:
 
 
 def find_built(preset: str = "default") -> Path | None:
-    """The finished pipeline of ``preset``: the committed asset if its digest matches, else the cache, else None."""
+    """The finished pipeline of ``preset``: a local (re)build in the cache, else the committed asset if its digest
+    matches, else None."""
     cfg = get_preset(preset)
-    for p in (ASSET_DIR, build_root(cfg) / "pipeline"):
+    for p in (build_root(cfg) / "pipeline", ASSET_DIR):
         meta = p / "tinyshapes.json"
         if meta.exists() and json.loads(meta.read_text()).get("digest") == cfg.digest():
             return p

@@ -9,6 +9,7 @@ from unlearn.data.tinyshapes import (
     SYNONYMS,
     TinyShapesConfig,
     concept_kind,
+    erase_phrases,
     eval_prompts,
     preserve_prompts,
     render,
@@ -59,6 +60,15 @@ def test_eval_and_paraphrase_prompts():
     assert len(para) == 24
     assert sum(SYNONYMS["circle"] in r["prompt"] for r in para) == 12
     assert "circle" not in preserve_prompts("circle") and "square" in preserve_prompts("circle")
+
+
+def test_erase_phrases_never_use_the_eval_template():
+    evals = {r["prompt"] for r in eval_prompts()}
+    for concept in ("circle", "red", "black"):
+        ph = erase_phrases(concept)
+        assert ph and all(concept in p.split() for p in ph) and not set(ph) & evals
+        keep = preserve_prompts(concept, phrases=True)
+        assert not any(concept in p.split() for p in keep) and len(keep) > len(preserve_prompts(concept))
 
 
 def test_unknown_concept_lists_valid_names():
