@@ -17,9 +17,12 @@ Rates are computed from per-example rows (examples.jsonl), so the leaderboard ca
 
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
 
 from unlearn.metrics import register_metric
+
+if TYPE_CHECKING:
+    import torch
 
 _R = "[0, 1]"
 register_metric("erasure_rate", "diffusion", "higher", "share of images for the erased concept's prompts not "
@@ -42,10 +45,12 @@ register_metric("edit_seconds", "diffusion", "lower", "wall time of the edit its
 DOMAINS = ("shape", "colour", "background")
 
 
-@torch.no_grad()
 def classify(classifier, images: torch.Tensor, names: dict[str, list[str]]) -> list[dict]:
     """Readings of images (n, 3, H, W) in [0, 1]: one {domain: label} per image; ``names`` maps head -> labels."""
-    out = classifier(images)
+    import torch
+
+    with torch.no_grad():
+        out = classifier(images)
     idx = {k: out[k].argmax(-1).tolist() for k in names}
     return [{k: names[k][idx[k][i]] for k in names} for i in range(images.shape[0])]
 
@@ -88,9 +93,12 @@ def erasure_metrics(examples: list[dict], concept: str, domain: str) -> dict[str
     return m
 
 
-# Copied from unlearn.methods.rece.adversarial_embedding (metrics never import methods; keep identical)
+# Copied from unlearn.methods.rece.adversarial_embedding (metrics never import methods; keep identical but for
+# the lazy torch import: metric modules import no heavy library at load time)
 def adversarial_embedding(W: list[torch.Tensor], W0: list[torch.Tensor], C: torch.Tensor, reg: float) -> torch.Tensor:
     """Closed-form c' for every row of C (T, d): returns C' (T, d) = C Mᵀ, M = (λ_r I + ΣWᵀW)⁻¹ ΣWᵀW⁰ (fp64 inside)."""
+    import torch
+
     d = C.shape[-1]
     gram = torch.zeros(d, d, dtype=torch.float64, device=C.device)  # Σ_l W_lᵀ W_l   (d, d)
     cross = torch.zeros_like(gram)  # Σ_l W_lᵀ W⁰_l  (d, d)
@@ -104,15 +112,18 @@ def adversarial_embedding(W: list[torch.Tensor], W0: list[torch.Tensor], C: torc
 
 def adversarial_attack(W: list[torch.Tensor], W0: list[torch.Tensor], cond: torch.Tensor, reg: float = 1e-3):
     """Attack embeddings (n, T, d) for prompt embeddings ``cond`` (n, T, d) against the edited layers W."""
+    import torch
+
     return torch.stack([adversarial_embedding(W, W0, c, reg) for c in cond])
 
 
-@torch.no_grad()
 def unet_activations(unet, cond: torch.Tensor, seed: int = 0, timestep: int = 500, module: str = "mid_block"):
     """Output of ``module`` (n, C*h*w) for noisy inputs x_t drawn from ``seed`` — the features CKA compares.
 
     Input noise depends only on (seed, i), so two models see identical x_t and the comparison is paired.
     """
+    import torch
+
     feats = []
     mod = dict(unet.named_modules())[module]
     handle = mod.register_forward_hook(
@@ -121,7 +132,9 @@ def unet_activations(unet, cond: torch.Tensor, seed: int = 0, timestep: int = 50
     try:
         ch, size = unet.config.in_channels, unet.config.sample_size
         x = torch.randn(cond.shape[0], ch, size, size, generator=torch.Generator().manual_seed(seed))
-        unet(x.to(cond.device), torch.full((cond.shape[0],), timestep, device=cond.device), encoder_hidden_states=cond)
+        with torch.no_grad():
+            t = torch.full((cond.shape[0],), timestep, device=cond.device)
+            unet(x.to(cond.device), t, encoder_hidden_states=cond)
     finally:
         handle.remove()
     return feats[0].double().cpu()

@@ -13,9 +13,12 @@ Raghu & Kornblith 2021 are here for Gram-form use on very wide features.
 
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
 
 from unlearn.metrics import register_metric
+
+if TYPE_CHECKING:
+    import torch
 
 register_metric("cka_forget", "representation", "lower", "linear CKA of internal activations, original vs "
                 "unlearned, on forget inputs (1 = representation unchanged)", "[0, 1]")  # fmt: skip
@@ -39,6 +42,8 @@ def linear_cka(X: torch.Tensor, Y: torch.Tensor) -> float:
 
 def linear_cka_gram(X: torch.Tensor, Y: torch.Tensor) -> float:
     """Gram form tr(KHLH) / sqrt(tr(KHKH) tr(LHLH)), O(n² (p + q)); equal to `linear_cka`."""
+    import torch
+
     X, Y = X.reshape(X.shape[0], -1).double(), Y.reshape(Y.shape[0], -1).double()
     n = X.shape[0]
     H = torch.eye(n, dtype=torch.float64) - 1.0 / n
@@ -48,6 +53,8 @@ def linear_cka_gram(X: torch.Tensor, Y: torch.Tensor) -> float:
 
 def hsic_unbiased(K: torch.Tensor, L: torch.Tensor) -> torch.Tensor:
     """HSIC₁(K, L) of Song et al. 2012 for Gram matrices (n, n), n >= 4."""
+    import torch
+
     n = K.shape[0]
     if n < 4:
         raise ValueError("unbiased HSIC needs n >= 4")
@@ -79,6 +86,8 @@ class LinearCKAAccumulator:
         self.shift_x = self.shift_y = None
 
     def update(self, X: torch.Tensor, Y: torch.Tensor) -> None:
+        import torch
+
         X, Y = X.reshape(X.shape[0], -1).double(), Y.reshape(Y.shape[0], -1).double()
         if self.shift_x is None:  # CKA is shift-invariant: remove the first batch's mean against cancellation
             self.shift_x, self.shift_y = X.mean(0), Y.mean(0)
@@ -95,6 +104,8 @@ class LinearCKAAccumulator:
         self.syy += Y.T @ Y
 
     def value(self) -> float:
+        import torch
+
         n = self.n
         cxy = self.sxy - torch.outer(self.sy, self.sx) / n
         cxx = self.sxx - torch.outer(self.sx, self.sx) / n

@@ -48,11 +48,13 @@ class BuildConfig:
     warmup_frac: float = 0.05  # share of steps spent warming up
     weight_decay: float = 0.0  # memorisation is the point: no decay
     seed: int = 0  # init + shuffling seed for the target; oracles use the same seed
-    threads: int = 0  # torch threads (0: leave torch's default)
+    threads: int = 1  # torch threads per model (tiny matrices: a second thread only adds contention)
+    parallel: int = 2  # models trained side by side (one process each) when several are built
 
     def digest(self) -> str:
         d = asdict(self)
-        d.pop("threads")  # a speed knob, not part of what is built
+        d.pop("threads")  # speed knobs, not part of what is built
+        d.pop("parallel")
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
 
 
@@ -63,7 +65,10 @@ PRESETS: dict[str, BuildConfig] = {
         data=TinyFactsConfig(
             arithmetic_max=6,
             arithmetic_repeat=1,
-            n_entities=20, n_holdout=2, attributes=("birthplace", "occupation", "pet", "colour"), arithmetic_test=10
+            n_entities=20,
+            n_holdout=2,
+            attributes=("birthplace", "occupation", "pet", "colour"),
+            arithmetic_test=10,
         ),
         vocab_size=400,
         hidden_size=48,
@@ -159,8 +164,9 @@ def new_model(cfg: BuildConfig, tokenizer):
     return LlamaForCausalLM(conf)
 
 
-def train_qa_model(cfg: BuildConfig, tokenizer, records, desc: str = "train", progress: bool = True,
-                   total_steps: int | None = None):
+def train_qa_model(
+    cfg: BuildConfig, tokenizer, records, desc: str = "train", progress: bool = True, total_steps: int | None = None
+):
     """Train a fresh model on ``records`` with the build recipe; returns (model, seconds).
 
     ``total_steps`` fixes the number of optimizer steps (default: ``epochs`` passes over ``records``). Oracles use
@@ -268,7 +274,6 @@ def build_tinyfacts(
     log=print,
 ) -> Path:
     """Build (or reuse) the target and the oracles of ``oracles``; returns the cache root."""
-    from unlearn.targets.llm import load_tokenizer, save_model
 
     if isinstance(cfg, str):
         cfg = get_preset(cfg)
@@ -288,36 +293,59 @@ def build_tinyfacts(
         tmp = root / "tokenizer.tmp"
         tok.save_pretrained(tmp)
         os.replace(tmp, tok_dir) if not tok_dir.exists() else (_rm(tok_dir), os.replace(tmp, tok_dir))
-    tok = load_tokenizer(str(tok_dir))
     jobs = [("target", None)] + [(f"oracle_{o}", o) for o in oracles]
+    todo = []
     for which, forget_split in jobs:
-        d = model_dir(cfg, which)
-        if not force and (d / "build.json").exists():
-            log(f"{which}: cached at {d}")
-            continue
-        recs = training_set(splits, forget_split, cfg.data.arithmetic_repeat)
-        model, secs = train_qa_model(
-            cfg, tok, recs, desc=f"build {which}", progress=progress, total_steps=target_steps(cfg, splits)
-        )
-        acc = _accuracy_report(model, tok, splits, forget_split or "forget10")
-        save_model(model, tok, d)
-        nparams = sum(p.numel() for p in model.parameters())
-        atomic_write_json(
-            d / "build.json",
-            {
-                "which": which,
-                "seconds": round(secs, 1),
-                "n_params": nparams,
-                "n_train": len(recs),
-                "accuracy": acc,
-                "recipe": asdict(cfg),
-            },
-        )
-        log(
-            f"{which}: {nparams / 1e6:.2f}M params, trained on {len(recs)} QA in {secs:.0f}s; exact-match "
-            + ", ".join(f"{k} {v:.3f}" for k, v in acc.items())
-        )
+        if not force and (model_dir(cfg, which) / "build.json").exists():
+            log(f"{which}: cached at {model_dir(cfg, which)}")
+        else:
+            todo.append((which, forget_split))
+    workers = min(len(todo), cfg.parallel, os.cpu_count() or 1)
+    if workers > 1:
+        # each model trains in its own process on one core: tiny matrices gain nothing from a second thread, but
+        # two models side by side halve the wall time of a target + oracle build
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn")) as ex:
+            futs = [ex.submit(_train_one, cfg, which, fs, False) for which, fs in todo]
+            for f in futs:
+                log(f.result())
+    else:
+        for which, forget_split in todo:
+            log(_train_one(cfg, which, forget_split, progress))
     return root
+
+
+def _train_one(cfg: BuildConfig, which: str, forget_split: str | None, progress: bool) -> str:
+    """Train, check and save one model of the build (target or an oracle); returns its summary line."""
+    from unlearn.targets.llm import load_tokenizer, save_model
+
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    try:  # worker processes: keep transformers' own save/load bars out of the build log
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
+    except ImportError:
+        pass
+    splits = generate(cfg.data)
+    tok = load_tokenizer(str(target_root(cfg) / "tokenizer"))
+    d = model_dir(cfg, which)
+    recs = training_set(splits, forget_split, cfg.data.arithmetic_repeat)
+    model, secs = train_qa_model(
+        cfg, tok, recs, desc=f"build {which}", progress=progress, total_steps=target_steps(cfg, splits)
+    )
+    acc = _accuracy_report(model, tok, splits, forget_split or "forget10")
+    save_model(model, tok, d)
+    nparams = sum(p.numel() for p in model.parameters())
+    info = {"which": which, "seconds": round(secs, 1), "n_params": nparams, "n_train": len(recs), "accuracy": acc,
+            "recipe": asdict(cfg)}  # fmt: skip
+    atomic_write_json(d / "build.json", info)
+    return f"{which}: {nparams / 1e6:.2f}M params, trained on {len(recs)} QA in {secs:.0f}s; exact-match " + ", ".join(
+        f"{k} {v:.3f}" for k, v in acc.items()
+    )
 
 
 def _rm(p: Path) -> None:

@@ -80,7 +80,7 @@ def load_target(name_or_dir: str | Path, device: str = "cpu") -> DiffusionTarget
         vae = AutoencoderKL.from_pretrained(p / "vae", use_safetensors=True).to(device).eval()
     clf, meta = None, {}
     if (p / "tinyshapes.json").exists():
-        from unlearn.targets.tinyshapes_build import load_classifier
+        from unlearn.targets.shape_classifier import load_classifier
 
         meta = json.loads((p / "tinyshapes.json").read_text())
         clf = load_classifier(p / "classifier").to(device)
@@ -177,7 +177,7 @@ def save_grid(images: torch.Tensor, path: str | Path, nrow: int, scale: int = 4,
         r, c = divmod(i, nrow)
         grid[:, r * (h + 1) : r * (h + 1) + h, c * (w + 1) : c * (w + 1) + w] = images[i]
     img = grid.permute(1, 2, 0).numpy()
-    lw = 1.1 if labels else 0  # inches of left margin for row labels
+    lw = 1.5 if labels else 0  # inches of left margin for row labels
     fig = plt.figure(figsize=((grid.shape[2] * scale) / 100 + lw, grid.shape[1] * scale / 100), dpi=100)
     ax = fig.add_axes([lw / fig.get_figwidth(), 0, 1 - lw / fig.get_figwidth(), 1])
     ax.imshow(img, interpolation="nearest")

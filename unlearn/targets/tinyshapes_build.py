@@ -23,7 +23,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch import nn
 
 from unlearn.data.tinyshapes import (
     BACKGROUNDS,
@@ -34,9 +33,10 @@ from unlearn.data.tinyshapes import (
     sample_batch,
     vocabulary,
 )
-from unlearn.errors import UnlearnError, unknown_name
+from unlearn.errors import unknown_name
 from unlearn.store import atomic_write_json
 from unlearn.targets.build import unlearn_home
+from unlearn.targets.shape_classifier import ShapeClassifier, load_classifier, train_classifier  # noqa: F401
 
 ASSET_DIR = Path(__file__).resolve().parent.parent / "assets" / "tinyshapes"
 
@@ -140,59 +140,6 @@ def make_models(cfg: ShapesBuildConfig):
     )  # fmt: skip
     sched = DDPMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2", prediction_type="v_prediction")
     return unet, te, sched
-
-
-class ShapeClassifier(nn.Module):
-    """Small CNN with three heads (shape, colour, background) over (n, 3, H, W) images in [0, 1]."""
-
-    def __init__(self, image_size: int = 16, width: int = 32):
-        super().__init__()
-        self.image_size, self.width = image_size, width
-        self.body = nn.Sequential(
-            nn.Conv2d(3, width, 3, padding=1), nn.GELU(), nn.Conv2d(width, 2 * width, 3, stride=2, padding=1),
-            nn.GELU(), nn.Conv2d(2 * width, 2 * width, 3, stride=2, padding=1), nn.GELU(), nn.Flatten(),
-        )  # fmt: skip
-        feat = 2 * width * math.ceil(math.ceil(image_size / 2) / 2) ** 2
-        self.heads = nn.ModuleDict({"shape": nn.Linear(feat, len(SHAPES)), "colour": nn.Linear(feat, len(COLOURS)),
-                                    "background": nn.Linear(feat, len(BACKGROUNDS))})  # fmt: skip
-
-    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        h = self.body(x * 2 - 1)
-        return {k: head(h) for k, head in self.heads.items()}
-
-
-def load_classifier(path: Path) -> ShapeClassifier:
-    from safetensors.torch import load_file
-
-    conf = json.loads((path / "config.json").read_text())
-    clf = ShapeClassifier(conf["image_size"], conf["width"])
-    try:
-        clf.load_state_dict(load_file(path / "model.safetensors"))
-    except RuntimeError as e:
-        raise UnlearnError(f"{path}: classifier weights do not match its config: {str(e).splitlines()[0]}") from None
-    return clf.eval()
-
-
-def train_classifier(cfg: ShapesBuildConfig, progress: bool = True) -> ShapeClassifier:
-    """Trained on generator images with Gaussian pixel noise (robust to the denoiser's residual noise)."""
-    from tqdm.auto import tqdm
-
-    torch.manual_seed(cfg.seed + 1)
-    clf = ShapeClassifier(cfg.data.image_size)
-    opt = torch.optim.AdamW(clf.parameters(), lr=2e-3)
-    for s in tqdm(range(cfg.clf_steps), desc="classifier", disable=not progress, leave=False):
-        imgs, _, y = sample_batch(cfg.data, np.random.default_rng([cfg.seed, 10**6 + s]), 128)
-        x = (torch.from_numpy(imgs) + 1) / 2
-        x = (x + torch.rand(len(x), 1, 1, 1) * 0.15 * torch.randn_like(x)).clamp(0, 1)
-        out = clf(x)
-        y = torch.from_numpy(y)
-        loss = sum(
-            nn.functional.cross_entropy(out[k], y[:, i]) for i, k in enumerate(("shape", "colour", "background"))
-        )
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-    return clf.eval()
 
 
 def random_target(preset: str = "micro"):
