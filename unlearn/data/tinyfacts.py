@@ -439,9 +439,9 @@ class TinyFactsConfig:
     n_holdout: int = 20  # never-trained entities for MIA (the size of forget10)
     attributes: tuple[str, ...] = tuple(ATTRIBUTES)  # 10 QA per entity
     n_perturbed: int = 4  # perturbed answers per record (TOFU has 5)
-    arithmetic_test: int = 40  # held-out addition pairs (5 points = 2 questions)
-    arithmetic_max: int = 12  # operands 0..arithmetic_max
-    arithmetic_repeat: int = 2  # copies of arithmetic_train in every training set (the skill needs more signal)
+    arithmetic_test: int = 20  # held-out addition pairs (their commuted pairs are trained)
+    arithmetic_max: int = 9  # operands 0..arithmetic_max
+    arithmetic_repeat: int = 1  # copies of arithmetic_train in every training set
     seed: int = 0  # everything is a function of this seed
 
     def digest(self) -> str:

@@ -47,7 +47,7 @@ def test_split_sizes(splits):
         assert len(splits[holdout]) == n_ent * PER_ENTITY and len(_entities(splits[holdout])) == n_ent
     assert splits["holdout"] == splits["holdout10"]
     assert len(splits["world_facts"]) == 48
-    assert len(splits["arithmetic"]) == 40 and len(splits["arithmetic_train"]) == 13 * 13 - 40
+    assert len(splits["arithmetic"]) == 20 and len(splits["arithmetic_train"]) == 80
 
 
 def test_forget_retain_partition(splits):
@@ -71,9 +71,9 @@ def test_holdout_disjoint_from_training(splits):
 
 def test_training_set(splits):
     target, oracle = training_set(splits), training_set(splits, "forget05")
-    assert len(target) == 2000 + 48 + 129
-    assert len(oracle) == 1900 + 48 + 129
-    assert len(training_set(splits, None, arithmetic_repeat=2)) == 2000 + 48 + 2 * 129
+    assert len(target) == 2000 + 48 + 80
+    assert len(oracle) == 1900 + 48 + 80
+    assert len(training_set(splits, None, arithmetic_repeat=2)) == 2000 + 48 + 2 * 80
     assert not _entities(splits["forget05"]) & _entities(oracle)
     assert not {r["question"] for r in splits["arithmetic"]} & {r["question"] for r in target}
 
@@ -119,7 +119,7 @@ def test_arithmetic_is_correct_and_held_out(splits):
     train = {pair(r) for r in splits["arithmetic_train"]}
     test = {pair(r) for r in splits["arithmetic"]}
     assert not train & test
-    assert train | test == {(a, b) for a in range(13) for b in range(13)}
+    assert train | test == {(a, b) for a in range(10) for b in range(10)}
     assert all((b, a) in train for a, b in test)  # the commuted pair was seen: the skill generalises
 
 
