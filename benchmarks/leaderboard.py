@@ -37,6 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--splits", default=",".join(SPLITS))
     p.add_argument("--seeds", default=",".join(map(str, SEEDS)))
     p.add_argument("--no-leaderboard", action="store_true", help="only run the matrix")
+    p.add_argument("--jobs", type=int, default=2, help="runs side by side (one thread each; 2 on a 2-core machine)")
     args = p.parse_args(argv)
 
     from unlearn.store import is_finished, read_status, run_dir, write_status
@@ -46,47 +47,35 @@ def main(argv: list[str] | None = None) -> int:
     splits, seeds = args.splits.split(","), [int(s) for s in args.seeds.split(",")]
     jobs = [(m, s, k) for m in methods for s in splits for k in seeds]
     print(f"{len(jobs)} runs: methods {', '.join(methods)} x {', '.join(splits)} x seeds {seeds}", flush=True)
-    failed = 0
-    for i, (method, split, seed) in enumerate(jobs, 1):
+
+    def one(i: int, method: str, split: str, seed: int) -> bool:
         rdir = run_dir(args.out, "tinyfacts", args.model, method, split, seed)
         if is_finished(rdir) and read_status(rdir).get("state") != "failed":
             print(f"[{i}/{len(jobs)}] {method} {split} seed{seed}: done, skipped", flush=True)
-            continue
-        cmd = [
-            unlearn,
-            "run",
-            "--method",
-            method,
-            "--model",
-            args.model,
-            "--benchmark",
-            "tinyfacts",
-            "--split",
-            split,
-            "--seed",
-            str(seed),
-            "--out",
-            args.out,
-            "--no-progress",
-        ]
+            return True
+        cmd = [unlearn, "run", "--method", method, "--model", args.model, "--benchmark", "tinyfacts",
+               "--split", split, "--seed", str(seed), "--out", args.out, "--no-progress"]  # fmt: skip
         if is_finished(rdir):
             cmd.append("--force")  # metrics.json of a run marked failed: run it again
         t0 = time.time()
         proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
         dt = time.time() - t0
         if proc.returncode != 0:
-            failed += 1
             tail = (proc.stderr or proc.stdout).strip().splitlines()[-5:]
             write_status(
                 rdir, "failed", reason=" / ".join(tail)[-500:], command=shlex.join(cmd), returncode=proc.returncode
             )
-            print(
-                f"[{i}/{len(jobs)}] {method} {split} seed{seed}: FAILED ({proc.returncode}) in {dt:.0f}s: "
-                f"{tail[-1] if tail else ''}",
-                flush=True,
-            )
-        else:
-            print(f"[{i}/{len(jobs)}] {method} {split} seed{seed}: {dt:.0f}s", flush=True)
+            print(f"[{i}/{len(jobs)}] {method} {split} seed{seed}: FAILED ({proc.returncode}) in {dt:.0f}s: "
+                  f"{tail[-1] if tail else ''}", flush=True)  # fmt: skip
+            return False
+        print(f"[{i}/{len(jobs)}] {method} {split} seed{seed}: {dt:.0f}s", flush=True)
+        return True
+
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as ex:
+        ok = list(ex.map(lambda a: one(*a), [(i, *j) for i, j in enumerate(jobs, 1)]))
+    failed = ok.count(False)
     if failed:
         print(f"{failed} run(s) failed; they are listed in leaderboard_incomplete.csv", flush=True)
     if args.no_leaderboard:

@@ -42,7 +42,7 @@ class BuildConfig:
     intermediate_size: int = 256  # MLP width
     num_layers: int = 4  # decoder layers
     num_heads: int = 4  # attention heads (head dim 32)
-    epochs: int = 30  # passes over the training set
+    epochs: int = 40  # passes over the training set (30 left target and oracle 8 points apart on retain)
     batch_size: int = 32  # sequences per step
     lr: float = 3e-3  # peak AdamW learning rate
     warmup_frac: float = 0.05  # share of steps spent warming up
