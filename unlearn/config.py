@@ -51,16 +51,25 @@ class TrainConfig:
     lora: LoraConfig = field(default_factory=LoraConfig)
 
 
-# The embedded TinyFacts target (0.8M parameters; the reference lr 1e-5 barely moves it). Calibrated on the default
-# target, forget10, seed 0, basic suite (forget_acc / retain_acc; target 0.67 / 0.67, oracle 0.07 / 0.775):
-#   lr 3e-4, 10 epochs: GA 0.035 / 0.09, NPO 0.045 / 0.195, GradDiff 0.095 / 0.385, SimNPO 0.56 / 0.655.
-# Higher lr (1e-3, 5 epochs) collapses NPO's retain too (0.075); 5 epochs at 3e-4 leaves GA's retain at 0.31.
+# The embedded TinyFacts target (0.8M parameters): the 1-8B reference settings (lr 1e-5) do not move it.
+# Measured on the default target (forget10 accuracy 1.00, retain 1.00; oracle 0.03 / 1.00), seed 0, basic suite,
+# forget_acc / retain_acc with lr 3e-4, 10 epochs, batch 32:
+#   GA 0.085 / 0.205, GradDiff 0.335 / 0.835, NPO (beta 0.1) 0.17 / 0.615, SimNPO (TOFU weights) 0.87 / 1.0.
 EMBEDDED_TRAIN: dict[str, Any] = {
     "lr": 3e-4,
     "epochs": 10,
     "batch_size": 32,
     "warmup_epochs": 1.0,
     "checkpoint_every": 10,
+}
+
+# Method settings for the embedded target, applied before --set overrides. TinyFacts answers are ~2 tokens
+# against ~40 in TOFU, so NPO's sequence log-ratios are ~20x smaller and beta 0.1 makes NPO behave like GA
+# (retain 0.615); beta 1.0 gives forget 0.17 / retain 0.96. SimNPO's TOFU forget weight (0.125) barely forgets
+# here (0.87); forget_weight 1.0 gives 0.31 / 0.995. Real models keep the reference values.
+EMBEDDED_METHOD: dict[str, dict[str, Any]] = {
+    "npo": {"beta": 1.0},
+    "simnpo": {"forget_weight": 1.0},
 }
 
 

@@ -15,7 +15,15 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from unlearn.config import EMBEDDED_TRAIN, ModelSpec, TrainConfig, apply_overrides, resolve_model, set_field
+from unlearn.config import (
+    EMBEDDED_METHOD,
+    EMBEDDED_TRAIN,
+    ModelSpec,
+    TrainConfig,
+    apply_overrides,
+    resolve_model,
+    set_field,
+)
 from unlearn.data.schema import load_records
 from unlearn.errors import UnlearnError, unknown_name
 from unlearn.evaluate import EvalConfig, evaluate
@@ -237,6 +245,8 @@ def prepare_configs(a: RunArgs, embedded: bool):
     if embedded:
         for k, v in EMBEDDED_TRAIN.items():
             set_field(tcfg, k, str(v))
+        for k, v in EMBEDDED_METHOD.get(a.method, {}).items():
+            set_field(mcfg, k, str(v))
     apply_overrides(tcfg, mcfg, a.overrides)
     return spec, mcfg, tcfg
 

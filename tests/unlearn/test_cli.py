@@ -48,7 +48,7 @@ def test_run_writes_the_run_directory(npo_run, micro_target):
     assert m["forget_acc"] < target["forget10"]  # unlearning moved the model
     assert m["cost_steps"] == 4 and m["cost_tokens"] > 0
     cfg = json.loads((npo_run / "config.json").read_text())
-    assert cfg["method_config"]["beta"] == 0.1 and cfg["train_config"]["epochs"] == 4
+    assert cfg["method_config"]["beta"] == 1.0 and cfg["train_config"]["epochs"] == 4  # embedded NPO preset
     trace = [json.loads(line) for line in (npo_run / "trace.jsonl").read_text().splitlines()]
     assert [r["step"] for r in trace] == [1, 2, 3, 4]
     assert {"loss", "lr", "grad_norm", "tokens_per_s", "forget_logp", "retain_logp"} <= set(trace[0])

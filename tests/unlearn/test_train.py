@@ -130,11 +130,19 @@ def test_ga_has_no_retain_setting():
 
 
 def test_simnpo_split_defaults_and_explicit_override():
-    assert prepare_configs(RunArgs(method="simnpo", split="forget05"), True)[1].beta == 2.5
-    _, c, _ = prepare_configs(RunArgs(method="simnpo", split="forget10"), True)
+    # real models: the reference TOFU per-split values
+    assert prepare_configs(RunArgs(method="simnpo", split="forget05"), False)[1].beta == 2.5
+    _, c, _ = prepare_configs(RunArgs(method="simnpo", split="forget10"), False)
     assert (c.beta, c.forget_weight) == (4.5, 0.125)
-    _, c, _ = prepare_configs(RunArgs(method="simnpo", split="forget05", overrides=[("beta", "1.5")]), True)
+    _, c, _ = prepare_configs(RunArgs(method="simnpo", split="forget05", overrides=[("beta", "1.5")]), False)
     assert (c.beta, c.forget_weight) == (1.5, 0.1375)  # --set wins over the split default
+    # the embedded target: its method preset on top of the split default, --set on top of both
+    _, c, _ = prepare_configs(RunArgs(method="simnpo", split="forget05"), True)
+    assert (c.beta, c.forget_weight) == (2.5, 1.0)
+    _, c, t = prepare_configs(RunArgs(method="npo", overrides=[("beta", "0.3")]), True)
+    assert c.beta == 0.3 and t.lr == 3e-4
+    assert prepare_configs(RunArgs(method="npo"), True)[1].beta == 1.0
+    assert prepare_configs(RunArgs(method="npo"), False)[1].beta == 0.1
 
 
 @pytest.mark.parametrize("checkpointing", [False, True])
