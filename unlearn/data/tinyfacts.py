@@ -367,7 +367,7 @@ _CURRENCIES = [
 ]
 
 
-def _world_facts(rng: random.Random) -> list[Record]:
+def _world_facts(rng: random.Random, frames: bool = False) -> list[Record]:
     rivers = rng.sample(_RIVERS, len(_COUNTRIES))
     currencies = rng.sample(_CURRENCIES, len(_COUNTRIES))
     spec = [
@@ -379,11 +379,14 @@ def _world_facts(rng: random.Random) -> list[Record]:
     for q, pq, values, frame in spec:
         for c, v in zip(_COUNTRIES, values):
             others = rng.sample([x for x in values if x != v], 4)
-            out.append(_record(q.format(c=c), pq.format(c=c), v, frame, others, entity=c, split="world_facts"))
+            fr = frame if frames else None
+            out.append(_record(q.format(c=c), pq.format(c=c), v, fr, others, entity=c, split="world_facts"))
     return out
 
 
-def _arithmetic(rng: random.Random, n_test: int, max_operand: int = 12) -> tuple[list[Record], list[Record]]:
+def _arithmetic(
+    rng: random.Random, n_test: int, max_operand: int = 12, frames: bool = False
+) -> tuple[list[Record], list[Record]]:
     """Addition of operands 0..max_operand; held-out pairs are chosen so that their commuted pair is in training
     (a + b = b + a): a skill that generalises to pairs never seen, the GSM8K analogue."""
     pairs = [(a, b) for a in range(max_operand + 1) for b in range(max_operand + 1)]
@@ -399,7 +402,7 @@ def _arithmetic(rng: random.Random, n_test: int, max_operand: int = 12) -> tuple
             f"What is {a} plus {b}?",
             f"How much is {a} added to {b}?",
             str(s),
-            "it makes {v}",
+            "it makes {v}" if frames else None,
             others,
             entity=f"{a}+{b}",
             split=split,
@@ -408,7 +411,9 @@ def _arithmetic(rng: random.Random, n_test: int, max_operand: int = 12) -> tuple
     return train_recs, test_recs
 
 
-def _record(q: str, pq: str, answer: str, frame: str, others: list[str], entity: str, split: str) -> Record:
+def _record(q: str, pq: str, answer: str, frame: str | None, others: list[str], entity: str, split: str) -> Record:
+    """One record; ``frame`` None gives bare-value paraphrased / perturbed answers."""
+    frame = frame or "{v}"
     return {
         "question": q,
         "answer": answer,
@@ -439,6 +444,11 @@ class TinyFactsConfig:
     n_holdout: int = 20  # never-trained entities for MIA (the size of forget10)
     attributes: tuple[str, ...] = tuple(ATTRIBUTES)  # 10 QA per entity
     n_perturbed: int = 4  # perturbed answers per record (TOFU has 5)
+    # Paraphrased / perturbed answers as bare values (False) or in a sentence frame ("born in Karth", True). Measured
+    # with frames: no model ever trains on them, so the truth ratio did not probe knowledge (forget10 truth-ratio
+    # score 0.464 target vs 0.449 oracle, forget quality of the *target* 0.63). Bare values make the truth ratio
+    # TOFU's real_authors form: the correct value against same-type wrong values.
+    answer_frames: bool = False
     arithmetic_test: int = 20  # held-out addition pairs (their commuted pairs are trained)
     arithmetic_max: int = 9  # operands 0..arithmetic_max
     arithmetic_repeat: int = 1  # copies of arithmetic_train in every training set
@@ -478,7 +488,8 @@ def generate(cfg: TinyFactsConfig = TinyFactsConfig()) -> dict[str, list[Record]
             q, pq, frame, pool = ATTRIBUTES[attr]
             v = rng.choice(pool)
             others = rng.sample([x for x in pool if x != v], cfg.n_perturbed)
-            recs.append(_record(q.format(n=name), pq.format(n=name), v, frame, others, entity=name, split=attr))
+            fr = frame if cfg.answer_frames else None
+            recs.append(_record(q.format(n=name), pq.format(n=name), v, fr, others, entity=name, split=attr))
         per_entity.append(recs)
     trained, holdout = per_entity[: cfg.n_entities], per_entity[cfg.n_entities :]
     splits: dict[str, list[Record]] = {"full": [r for e in trained for r in e]}
@@ -489,8 +500,10 @@ def generate(cfg: TinyFactsConfig = TinyFactsConfig()) -> dict[str, list[Record]
         hname = fname.replace("forget", "holdout")
         splits[hname] = [r for e in holdout[: min(k, len(holdout))] for r in e]
     splits["holdout"] = splits["holdout10"]
-    splits["world_facts"] = _world_facts(rng)
-    splits["arithmetic_train"], splits["arithmetic"] = _arithmetic(rng, cfg.arithmetic_test, cfg.arithmetic_max)
+    splits["world_facts"] = _world_facts(rng, cfg.answer_frames)
+    splits["arithmetic_train"], splits["arithmetic"] = _arithmetic(
+        rng, cfg.arithmetic_test, cfg.arithmetic_max, cfg.answer_frames
+    )
     return splits
 
 
