@@ -52,9 +52,9 @@ class TrainConfig:
 
 
 # The embedded TinyFacts target (0.8M parameters): the 1-8B reference settings (lr 1e-5) do not move it.
-# Measured on the default target (forget10 accuracy 1.00, retain 1.00; oracle 0.03 / 1.00), seed 0, basic suite,
-# forget_acc / retain_acc with lr 3e-4, 10 epochs, batch 32:
-#   GA 0.085 / 0.205, GradDiff 0.335 / 0.835, NPO (beta 0.1) 0.17 / 0.615, SimNPO (TOFU weights) 0.87 / 1.0.
+# With lr 3e-4, 10 epochs, batch 32 and the method presets below, forget10, mean of seeds 0-2, forget_acc / retain_acc
+# (target 1.00 / 1.00, oracle 0.04 / 1.00; benchmarks/results/leaderboard.md):
+#   GA 0.24 / 0.50, GradDiff 0.52 / 0.88, NPO 0.30 / 0.94, SimNPO 0.47 / 0.99.
 EMBEDDED_TRAIN: dict[str, Any] = {
     "lr": 3e-4,
     "epochs": 10,
@@ -65,8 +65,8 @@ EMBEDDED_TRAIN: dict[str, Any] = {
 
 # Method settings for the embedded target, applied before --set overrides. TinyFacts answers are ~2 tokens
 # against ~40 in TOFU, so NPO's sequence log-ratios are ~20x smaller and beta 0.1 makes NPO behave like GA
-# (retain 0.615); beta 1.0 gives forget 0.17 / retain 0.96. SimNPO's TOFU forget weight (0.125) barely forgets
-# here (0.87); forget_weight 1.0 gives 0.31 / 0.995. Real models keep the reference values.
+# (measured on an earlier build: retain 0.615 with beta 0.1, 0.96 with beta 1.0). SimNPO's TOFU forget weight
+# (0.125) barely forgets here (forget_acc 0.87; 0.31 with forget_weight 1.0). Real models keep the reference values.
 EMBEDDED_METHOD: dict[str, dict[str, Any]] = {
     "npo": {"beta": 1.0},
     "simnpo": {"forget_weight": 1.0},
