@@ -46,7 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     args = build_parser().parse_args(argv)
-    _quiet_libraries()
+    from unlearn.targets.llm import quiet_transformers
+
+    quiet_transformers()
     try:
         rc = args.func(args)
     except UnlearnError as e:
@@ -56,17 +58,6 @@ def main(argv: list[str] | None = None) -> int:
         print("interrupted", file=sys.stderr)
         return 130
     return int(rc or 0)
-
-
-def _quiet_libraries() -> None:
-    """Our own progress bars are enough: silence transformers' per-load bars and info logs."""
-    try:
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.set_verbosity_error()
-        hf_logging.disable_progress_bar()
-    except ImportError:
-        pass
 
 
 if __name__ == "__main__":

@@ -88,8 +88,10 @@ def load_target(
         from unlearn.targets.build import ensure_built, model_dir
 
         build_cfg = embedded_cfg(spec)
-        if build_cfg.threads and not __import__("torch").cuda.is_available():
-            __import__("torch").set_num_threads(build_cfg.threads)  # tiny matrices: extra threads only thrash
+        import torch
+
+        if build_cfg.threads and not torch.cuda.is_available():
+            torch.set_num_threads(build_cfg.threads)  # tiny matrices: extra threads only thrash
         ensure_built(build_cfg, split if need_oracle else None, log=log)
         tdir, odir = str(model_dir(build_cfg, "target")), str(model_dir(build_cfg, f"oracle_{split}"))
     else:

@@ -292,7 +292,9 @@ def build_tinyfacts(
         tok = train_tokenizer(splits, cfg.vocab_size)
         tmp = root / "tokenizer.tmp"
         tok.save_pretrained(tmp)
-        os.replace(tmp, tok_dir) if not tok_dir.exists() else (_rm(tok_dir), os.replace(tmp, tok_dir))
+        if tok_dir.exists():
+            _rm(tok_dir)
+        os.replace(tmp, tok_dir)
     jobs = [("target", None)] + [(f"oracle_{o}", o) for o in oracles]
     todo = []
     for which, forget_split in jobs:
@@ -317,26 +319,22 @@ def build_tinyfacts(
     return root
 
 
-def _train_one(cfg: BuildConfig, which: str, forget_split: str | None, progress: bool) -> str:
-    """Train, check and save one model of the build (target or an oracle); returns its summary line."""
-    from unlearn.targets.llm import load_tokenizer, save_model
+def _train_one(cfg: BuildConfig, which: str, forget_split: str | None, progress: bool, seed: int | None = None) -> str:
+    """Train, check and save one model of the build (target or an oracle, optionally with another init/shuffle
+    ``seed``) into ``model_dir(cfg, which)``; returns its summary line."""
+    from unlearn.targets.llm import load_tokenizer, quiet_transformers, save_model
 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    try:  # worker processes: keep transformers' own save/load bars out of the build log
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.set_verbosity_error()
-        hf_logging.disable_progress_bar()
-    except ImportError:
-        pass
+    quiet_transformers()  # worker processes: keep transformers' own save/load bars out of the build log
     splits = generate(cfg.data)
     tok = load_tokenizer(str(target_root(cfg) / "tokenizer"))
     d = model_dir(cfg, which)
     recs = training_set(splits, forget_split, cfg.data.arithmetic_repeat)
-    model, secs = train_qa_model(
-        cfg, tok, recs, desc=f"build {which}", progress=progress, total_steps=target_steps(cfg, splits)
-    )
+    steps = target_steps(cfg, splits)
+    if seed is not None:
+        cfg = replace(cfg, seed=seed)
+    model, secs = train_qa_model(cfg, tok, recs, desc=f"build {which}", progress=progress, total_steps=steps)
     acc = _accuracy_report(model, tok, splits, forget_split or "forget10")
     save_model(model, tok, d)
     nparams = sum(p.numel() for p in model.parameters())
@@ -360,33 +358,12 @@ def build_oracle_seed(cfg: BuildConfig | str, forget_split: str, seed: int, prog
     Two oracles differ only by training noise, so forget quality of one against the other shows what "perfectly
     unlearned" looks like on this benchmark.
     """
-    from unlearn.targets.llm import load_tokenizer, save_model
-
     if isinstance(cfg, str):
         cfg = get_preset(cfg)
     build_tinyfacts(cfg, oracles=(forget_split,), progress=progress, log=log)
     d = model_dir(cfg, f"oracle_{forget_split}_seed{seed}")
-    if (d / "build.json").exists():
-        return d
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    splits = generate(cfg.data)
-    tok = load_tokenizer(str(target_root(cfg) / "tokenizer"))
-    seeded = replace(cfg, seed=seed)
-    model, secs = train_qa_model(
-        seeded,
-        tok,
-        training_set(splits, forget_split, cfg.data.arithmetic_repeat),
-        desc=f"oracle seed {seed}",
-        progress=progress,
-        total_steps=target_steps(cfg, splits),
-    )
-    acc = _accuracy_report(model, tok, splits, forget_split)
-    save_model(model, tok, d)
-    atomic_write_json(
-        d / "build.json", {"which": d.name, "seconds": round(secs, 1), "accuracy": acc, "recipe": asdict(seeded)}
-    )
-    log(f"{d.name}: trained in {secs:.0f}s; exact-match " + ", ".join(f"{k} {v:.3f}" for k, v in acc.items()))
+    if not (d / "build.json").exists():
+        log(_train_one(cfg, d.name, forget_split, progress, seed=seed))
     return d
 
 

@@ -55,6 +55,16 @@ def default_prompt_format(tokenizer) -> PromptFormat:
 
 
 # ----------------------------------------------------------------------------------------------- loading
+def quiet_transformers() -> None:
+    """Silence transformers' per-load / per-save progress bars and info logs (our own bars are enough)."""
+    try:
+        from transformers.utils import logging as hf_logging
+    except ImportError:
+        return
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+
+
 def _looks_local(name: str) -> bool:
     return name.startswith((".", "/", "~")) or os.sep in name and Path(name).expanduser().exists()
 
@@ -253,8 +263,11 @@ def token_logps(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 def sequence_logps(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
     """Sum of answer-token log-probs per sequence and the number of answer tokens. -> (B,), (B,)"""
     logits, targets, row = answer_token_logits(model, batch)
-    lp = token_logps(logits, targets)  # (N,)
-    B = batch["labels"].shape[0]
+    return per_sequence(token_logps(logits, targets), row, batch["labels"].shape[0])
+
+
+def per_sequence(lp: torch.Tensor, row: torch.Tensor, B: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sum per-token log-probs into their sequences, and count them. (N,), (N,) -> (B,), (B,)"""
     seq = torch.zeros(B, dtype=lp.dtype, device=lp.device).index_add(0, row, lp)
     n = torch.zeros(B, dtype=torch.long, device=lp.device).index_add(0, row, torch.ones_like(row))
     return seq, n
@@ -336,10 +349,7 @@ class SequenceLogProbs(nn.Module):
                 # canonical (row, position) order: answer tokens of a row are already in position order
                 perm = torch.sort(row, stable=True).indices
                 logits, targets, row = logits[perm], targets[perm], row[perm]
-        lp = token_logps(logits, targets)
-        B = labels.shape[0]
-        seq = torch.zeros(B, dtype=lp.dtype, device=lp.device).index_add(0, row, lp)
-        n = torch.zeros(B, dtype=torch.long, device=lp.device).index_add(0, row, torch.ones_like(row))
+        seq, n = per_sequence(token_logps(logits, targets), row, labels.shape[0])
         return {"seq_logp": seq, "n_tokens": n, "logits": logits, "row": row, "full_logits": full}
 
 
