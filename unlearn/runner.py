@@ -165,7 +165,7 @@ def data_hash(sets: dict) -> str:
 # ----------------------------------------------------------------------------------------------- cached evals
 def cached_eval(model_path: str, load, tok, fmt, sets: dict, ecfg: EvalConfig, oracle=None, log=print) -> dict:
     """Evaluate a fixed model (target / oracle) once per (model, data, eval config); cached under $UNLEARN_HOME."""
-    from unlearn.targets.build import unlearn_home
+    from unlearn.store import unlearn_home
 
     key = hashlib.sha256(
         json.dumps(

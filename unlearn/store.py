@@ -20,6 +20,11 @@ from typing import Any
 SCHEMA_VERSION = 1
 
 
+def unlearn_home() -> Path:
+    """Cache root for built targets and cached evaluations: ``$UNLEARN_HOME`` (default ``~/.cache/unlearn``)."""
+    return Path(os.environ.get("UNLEARN_HOME", Path.home() / ".cache" / "unlearn")).expanduser()
+
+
 def safe_name(name: str) -> str:
     """Make a model id or path one folder name: ``meta-llama/Llama-3.2-1B`` -> ``meta-llama--Llama-3.2-1B``."""
     name = str(name).rstrip("/")

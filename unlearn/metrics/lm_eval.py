@@ -136,7 +136,7 @@ def write_builtin_tasks(tasks: list[str], sets: dict[str, list[dict]], root: Pat
         if not docs[t]:
             raise UnlearnError(f"lm-eval task {t}: no record of the {name!r} set has perturbed answers")
     if root is None:
-        from unlearn.targets.build import unlearn_home
+        from unlearn.store import unlearn_home
 
         root = unlearn_home() / "lm_eval_tasks"
     d = Path(root) / hashlib.sha256(json.dumps(docs, sort_keys=True).encode()).hexdigest()[:16]

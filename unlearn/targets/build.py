@@ -25,11 +25,7 @@ import torch
 
 from unlearn.data.tinyfacts import RETAIN_OF, TinyFactsConfig, generate, training_set
 from unlearn.errors import UnlearnError, unknown_name
-from unlearn.store import atomic_write_json, atomic_write_jsonl, read_json
-
-
-def unlearn_home() -> Path:
-    return Path(os.environ.get("UNLEARN_HOME", Path.home() / ".cache" / "unlearn")).expanduser()
+from unlearn.store import atomic_write_json, atomic_write_jsonl, read_json, unlearn_home
 
 
 @dataclass(frozen=True)

@@ -34,8 +34,7 @@ from unlearn.data.tinyshapes import (
     vocabulary,
 )
 from unlearn.errors import unknown_name
-from unlearn.store import atomic_write_json
-from unlearn.targets.build import unlearn_home
+from unlearn.store import atomic_write_json, unlearn_home
 from unlearn.targets.shape_classifier import ShapeClassifier, load_classifier, train_classifier  # noqa: F401
 
 ASSET_DIR = Path(__file__).resolve().parent.parent / "assets" / "tinyshapes"
