@@ -1,80 +1,52 @@
-"""The one training loop every gradient-based LLM unlearning method runs in.
+"""The LLM task of the loop core: causal LMs unlearning on (question, answer) pairs.
 
-* Data: one optimizer step = ``batch_size`` forget examples (a shuffled pass per epoch) each paired with a retain
-  example drawn uniformly with replacement (TOFU, algorithms.md §0.2). The order is a pure function of
-  (seed, step), so a resumed or multi-process run sees exactly the same batches.
+The core (`unlearn/loop.py`) owns the optimizer, schedule, data order, gradient hooks, non-finite guard,
+checkpoints, trace and progress; this module supplies what is specific to causal LMs:
+
+* Data: one optimizer step = ``batch_size`` examples of the method's budget set (forget by default, a shuffled
+  pass per epoch) each paired with one of the other set drawn uniformly with replacement (TOFU's sampler).
 * Exactness across processes and micro-batches: a method normalises by the *global* counts of the step
   (``ctx.norm``), every process takes a contiguous share of the global batch, and the loss is multiplied by the
   world size because DDP averages gradients. One process and two give the same update up to float summation order.
 * Forget and retain sequences of a micro-batch go through the model in ONE forward pass (padded together); when a
   share is split into several micro-batches, sequences are sorted by length first (less padding).
-* AdamW (fused on CUDA), linear warm-up then linear decay (or constant), gradient clipping, bf16 autocast on GPU
-  (set by ``precision``, whether or not the accelerator was configured for mixed precision).
+* AdamW (fused on CUDA), bf16 autocast on GPU (set by ``precision``, whether or not the accelerator was configured
+  for mixed precision), LoRA through peft, gradient checkpointing.
 * Micro-batch size: the whole per-process share first; on GPU out-of-memory it is halved until it fits and kept.
-* Checkpoints (``checkpoint/``: safetensors weights, optimizer state, step, tokens so far) every N steps, written
-  atomically; a restarted run resumes from the last one and ends with the same weights as an uninterrupted run.
-  A non-finite loss, gradient or weight stops the run, keeps the last good checkpoint and records the failure in
-  ``status.json``.
+* The frozen reference: its forget log-probs are cached once; a full copy is kept only when the method says it
+  needs one (KL retain terms).
 
-`setup` / `train_step` / `optimizer_step` are the loop's pieces; `unlearn_model` strings them together with
-checkpoints, tracing and evaluation. The speed benchmark (benchmarks/speed/train_speed.py) calls the same pieces.
+`setup` / `train_step` / `optimizer_step` are the pieces; `unlearn_model` hands them to the core's `run_loop`. The
+speed benchmark (benchmarks/speed/train_speed.py) calls the same pieces.
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
-import json
 import math
-import os
-import shutil
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from unlearn.config import TrainConfig
 from unlearn.errors import UnlearnError
-from unlearn.store import append_jsonl, atomic_write_json, atomic_write_jsonl, read_jsonl, write_status
+from unlearn.loop import (
+    Core,
+    NonFiniteError,
+    check_finite,
+    clear_checkpoint,
+    lr_lambda,
+    make_core,
+    run_loop,
+    select_params,
+    step_indices,
+    total_steps,
+)
 from unlearn.targets.llm import SequenceLogProbs, collate, encode_qa, split_output
-
-
-def step_indices(step: int, n_forget: int, n_retain: int, batch_size: int, seed: int) -> tuple[list, list]:
-    """Global forget and retain example indices of optimizer step ``step`` (deterministic in seed and step)."""
-    spe = math.ceil(n_forget / batch_size)
-    epoch, j = divmod(step, spe)
-    perm = np.random.default_rng([seed, epoch]).permutation(n_forget)
-    f = perm[j * batch_size : (j + 1) * batch_size].tolist()
-    r = np.random.default_rng([seed, 1_000_003, step]).integers(0, n_retain, size=len(f)).tolist()
-    return f, r
-
-
-def total_steps(n_forget: int, cfg: TrainConfig) -> tuple[int, int]:
-    """(steps per epoch, total optimizer steps)."""
-    spe = math.ceil(n_forget / cfg.batch_size)
-    return spe, max(1, math.ceil(cfg.epochs * spe))
-
-
-def lr_lambda(cfg: TrainConfig, spe: int, total: int) -> Callable[[int], float]:
-    """LR multiplier at step s: linear warm-up over ``warmup_epochs``, then linear decay to 0 (or constant)."""
-    warm = int(round(cfg.warmup_epochs * spe))
-
-    def f(s: int) -> float:
-        if s < warm:
-            return (s + 1) / (warm + 1)
-        if cfg.schedule == "constant":
-            return 1.0
-        return max(0.0, (total - s) / max(1, total - warm))
-
-    return f
-
-
-class NonFiniteError(UnlearnError):
-    """A non-finite loss, gradient norm or weight: the step was not applied."""
 
 
 @dataclass
@@ -83,6 +55,7 @@ class _Ctx:
     reference: Callable | None
     ref_forget_logp: Callable | None
     norm: dict
+    aux: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -90,15 +63,13 @@ class Loop:
     """Everything one optimizer step needs (built by `setup`)."""
 
     acc: Any  # accelerate.Accelerator
-    wrapped: torch.nn.Module  # SequenceLogProbs(model), prepared (DDP on several processes)
+    wrapped: torch.nn.Module  # SequenceLogProbs(model), wrapped (DDP on several processes by default)
     ref_model: torch.nn.Module | None  # frozen pre-unlearning copy (KL retain terms)
     ref_cache: torch.Tensor | None  # (n_forget,) reference sequence log-probs of the forget items
     method: Any  # MethodSpec
     mcfg: Any  # the method's config
     tcfg: TrainConfig
-    params: list  # trainable parameters
-    opt: Any
-    sched: Any
+    core: Core  # optimizer, schedule, gradient hooks
     pad: int
     micro: int  # per-process micro-batch size (halved on GPU out-of-memory)
     autocast: Callable
@@ -110,6 +81,18 @@ class Loop:
     def model(self) -> torch.nn.Module:
         """The trainable causal LM (peft model under LoRA)."""
         return self.acc.unwrap_model(self.wrapped).lm
+
+    @property
+    def params(self) -> list:
+        return self.core.params
+
+    @property
+    def opt(self):
+        return self.core.opt
+
+    @property
+    def sched(self):
+        return self.core.sched
 
 
 def _device_batch(b: dict, device) -> dict:
@@ -142,6 +125,10 @@ def _n_answer(labels: list[int]) -> int:
     return sum(x != -100 for x in labels[1:])
 
 
+def _default_wrap(module, acc):
+    return acc.prepare(module)
+
+
 def setup(
     model,
     f_items: list,
@@ -153,12 +140,17 @@ def setup(
     total: int,
     accelerator=None,
     log=print,
+    wrap: Callable | None = None,
+    wrap_optimizer: Callable | None = None,
 ) -> Loop:
-    """Move ``model`` to the device, add LoRA / checkpointing, build the optimizer, cache reference log-probs.
+    """Move ``model`` to the device, add LoRA / checkpointing, build the core, cache reference log-probs.
 
     Args:
         f_items: the forget set as (ids, labels) pairs; their reference log-probs are computed once here.
         spe, total: steps per epoch and total steps (for the LR schedule).
+        wrap: ``wrap(module, accelerator) -> module`` wraps the trainable module for several processes (default:
+            ``accelerator.prepare``, i.e. DDP); a sharding wrapper plugs in here.
+        wrap_optimizer: ``wrap_optimizer(core, wrapped) -> None`` may replace ``core.opt`` (e.g. a DP optimizer).
     """
     from accelerate import Accelerator
 
@@ -175,6 +167,8 @@ def setup(
         model.gradient_checkpointing_enable()
         model.config.use_cache = False
     if tcfg.lora.r > 0:
+        if method.trainable is not None or method.grad_mask is not None:
+            raise UnlearnError(f"{method.name} chooses its own parameters; it cannot be combined with LoRA (lora.r=0)")
         model = _apply_lora(model, tcfg)
         if tcfg.gradient_checkpointing:
             # with frozen embeddings no input requires grad, so reentrant-checkpointed blocks would get no gradient
@@ -195,28 +189,32 @@ def setup(
                 vals.append(ref_wrap(**b)["seq_logp"].float())
         ref_cache = torch.cat(vals).cpu()  # (n_forget,)
 
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=tcfg.lr, weight_decay=tcfg.weight_decay, fused=cuda or None)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(tcfg, spe, total))
+    named = select_params(model, method, mcfg)
+    masks = method.grad_mask(model, mcfg) if method.grad_mask is not None else {}
+    aux = method.make_aux(model, mcfg, device) if method.make_aux is not None else {}
+    core = make_core(acc, named, tcfg, spe, total, spec=method, mcfg=mcfg, aux=aux, masks=masks,
+                     fused=cuda or None)  # fmt: skip
     lp = SequenceLogProbs(model)
-    wrapped, opt = acc.prepare(lp, opt)
+    wrapped = (wrap or _default_wrap)(lp, acc)
+    core.opt = acc.prepare_optimizer(core.opt)
+    if wrap_optimizer is not None:
+        wrap_optimizer(core, wrapped)
     # accelerate's mixed precision would cast every output to float32, i.e. copy the (N, V) answer logits: we
     # autocast ourselves and keep the logits in bf16 (token_logps makes the one float32 copy it reduces)
     lp.__dict__.pop("forward", None)
-    return Loop(
-        acc, wrapped, ref_model, ref_cache, method, mcfg, tcfg, params, opt, sched, pad_id, micro, autocast, bf16, log
-    )
+    return Loop(acc, wrapped, ref_model, ref_cache, method, mcfg, tcfg, core, pad_id, micro, autocast, bf16, log)
 
 
 def train_step(loop: Loop, fb: list, rb: list, f_idx: list[int]) -> dict:
-    """Forward + backward of one global batch (this process's share), clip, check; the optimizer is NOT stepped.
+    """Forward + backward of one global batch (this process's share), combine/mask/clip, check; the optimizer is
+    NOT stepped.
 
     Args:
         fb, rb: the global batch's forget and retain (ids, labels) pairs (same on every process).
         f_idx: indices of ``fb`` in the forget set (for the cached reference log-probs).
     Returns:
-        ``loss`` (global), ``grad_norm``, ``tokens`` (real, non-pad tokens through the trainable model, all
-        processes) and the method's logs averaged over the global batch.
+        ``loss`` (global), ``grad_norm`` (before clipping), ``tokens`` (real, non-pad tokens through the trainable
+        model, all processes) and the method's logs summed over the global batch's normalised contributions.
     Raises:
         NonFiniteError: the loss or the gradient norm is not finite (gradients are zeroed).
     """
@@ -236,32 +234,28 @@ def train_step(loop: Loop, fb: list, rb: list, f_idx: list[int]) -> dict:
         except torch.cuda.OutOfMemoryError:
             if loop.micro <= 1:
                 raise
-            loop.opt.zero_grad(set_to_none=True)
+            loop.core.zero_grad()
             torch.cuda.empty_cache()
             loop.micro = max(1, loop.micro // 2)
             loop.log(f"out of GPU memory: micro-batch size -> {loop.micro}")
-    if loop.tcfg.max_grad_norm > 0:
-        gnorm = acc.clip_grad_norm_(loop.params, loop.tcfg.max_grad_norm)
-    else:
-        gnorm = _grad_norm(loop.params)
-    # one all-reduce for the loss, the token count and the logs; (3 + n_logs,)
+    gnorm = loop.core.finish_grads()  # the same on every process: DDP has averaged the gradients
+    # one all-reduce for the loss, the token count and the logs; (2 + n_logs,)
     keys = sorted(logs)
-    vec = torch.tensor([loss_sum, float(n_tok), 0.0, *[logs[k] for k in keys]], dtype=torch.float64, device=acc.device)
-    vec[2] = gnorm.detach().double() if torch.is_tensor(gnorm) else float(gnorm)
+    vec = torch.tensor([loss_sum, float(n_tok), *[logs[k] for k in keys]], dtype=torch.float64, device=acc.device)
     vec = acc.reduce(vec, reduction="sum") if W > 1 else vec
     vals = vec.tolist()
-    loss_t, tokens, gnorm = vals[0], int(vals[1]), vals[2] / W  # the grad norm is the same on every process
-    if not (math.isfinite(loss_t) and math.isfinite(gnorm)):
-        loop.opt.zero_grad(set_to_none=True)
-        what = "loss" if not math.isfinite(loss_t) else "gradient norm"
-        raise NonFiniteError(f"non-finite {what} (loss={loss_t}, grad_norm={gnorm})")
-    return {"loss": loss_t, "grad_norm": gnorm, "tokens": tokens, **dict(zip(keys, vals[3:]))}
+    loss_t, tokens = vals[0], int(vals[1])
+    g = float(gnorm.detach().double()) if torch.is_tensor(gnorm) else float(gnorm)
+    try:
+        check_finite(loss_t, g)
+    except NonFiniteError:
+        loop.core.zero_grad()
+        raise
+    return {"loss": loss_t, "grad_norm": g, "tokens": tokens, **dict(zip(keys, vals[2:]))}
 
 
 def optimizer_step(loop: Loop) -> None:
-    loop.opt.step()
-    loop.sched.step()
-    loop.opt.zero_grad(set_to_none=True)
+    loop.core.step()
 
 
 def _accumulate(loop: Loop, fb, rb, f_idx, lo, hi, norm) -> tuple[float, int, dict]:
@@ -303,25 +297,19 @@ def _accumulate(loop: Loop, fb, rb, f_idx, lo, hi, norm) -> tuple[float, int, di
             reference if loop.ref_model is not None else None,
             (lambda i: loop.ref_cache[i]) if loop.ref_cache is not None else None,
             norm,
+            loop.core.aux,
         )
         sync = contextlib.nullcontext() if ci == len(chunks) - 1 else acc.no_sync(loop.wrapped)
         with sync:
             loss, logs = loop.method.step(ctx, {"forget": fbatch, "retain": rbatch, "forget_idx": idx}, loop.mcfg)
-            acc.backward(loss * (W * weight))  # DDP averages over processes; the loss is already globally normalised
-        loss_sum += float(loss.detach()) * weight
+            # DDP averages over processes; the loss is already globally normalised
+            loop.core.backward(loss, W * weight)
+        total_loss = sum(loss.values()) if isinstance(loss, dict) else loss
+        loss_sum += float(total_loss.detach()) * weight
         n_tok += int(sum(int(m.sum()) for m in seen) * weight)
         for k, v in logs.items():  # logs are normalised by the global counts too: they add up like the loss
             logs_sum[k] = logs_sum.get(k, 0.0) + float(v) * weight
     return loss_sum, n_tok, logs_sum
-
-
-def _grad_norm(params) -> torch.Tensor:
-    g = [p.grad.detach().float().norm() for p in params if p.grad is not None]
-    return torch.stack(g).norm() if g else torch.zeros(())
-
-
-def _finite(params) -> bool:
-    return all(bool(torch.isfinite(p).all()) for p in params)
 
 
 # ----------------------------------------------------------------------------------------------- the loop
@@ -340,91 +328,46 @@ def unlearn_model(
     progress: bool = True,
     accelerator=None,
     log=print,
+    wrap: Callable | None = None,
+    wrap_optimizer: Callable | None = None,
 ) -> tuple[torch.nn.Module, dict]:
     """Unlearn ``forget`` from ``model`` with ``method`` (a MethodSpec); returns (model, summary).
 
     ``eval_fn(model) -> dict`` runs on the main process every ``tcfg.eval_every`` steps (rows in trace.jsonl).
     With ``rdir``, checkpoints go to ``rdir/checkpoint`` every ``tcfg.checkpoint_every`` steps and an existing one
-    is resumed from.
+    is resumed from. ``wrap`` / ``wrap_optimizer``: see `setup`.
     """
-    from tqdm.auto import tqdm
-
     torch.manual_seed(seed)
     if not forget:
         raise UnlearnError("the forget set is empty")
+    if method.budget == "retain" and not retain:
+        raise UnlearnError(f"{method.name} trains on the retain set, which is empty")
     if not retain:
         retain = forget[:1]  # methods without a retain term never read it; keeps the sampler defined
     f_items = [encode_qa(tokenizer, fmt, r["question"], r["answer"], tcfg.max_length) for r in forget]
     r_items = [encode_qa(tokenizer, fmt, r["question"], r["answer"], tcfg.max_length) for r in retain]
-    spe, total = total_steps(len(f_items), tcfg)
+    on_retain = method.budget == "retain"
+    spe, total = total_steps(len(r_items) if on_retain else len(f_items), tcfg)
     W = accelerator.num_processes if accelerator is not None else 1
     if tcfg.batch_size % W:
         raise UnlearnError(f"batch_size={tcfg.batch_size} must be divisible by the number of processes ({W})")
-    loop = setup(model, f_items, method, mcfg, tcfg, tokenizer.pad_token_id, spe, total, accelerator, log)
-    acc = loop.acc
+    loop = setup(model, f_items, method, mcfg, tcfg, tokenizer.pad_token_id, spe, total, accelerator, log,
+                 wrap=wrap, wrap_optimizer=wrap_optimizer)  # fmt: skip
 
-    # ---- resume
-    start, n_tok_total = 0, 0
-    ckpt = Path(rdir) / "checkpoint" if rdir else None
-    if ckpt is not None:
-        _recover_checkpoint(ckpt)
-        if (ckpt / "state.json").exists():
-            start, n_tok_total = _load_checkpoint(ckpt, loop.model, loop.opt, loop.sched)
-            log(f"resuming from step {start} ({ckpt})")
-        if acc.is_main_process:
-            _truncate_trace(Path(rdir) / "trace.jsonl", start)  # rows after the checkpoint are written again
-        acc.wait_for_everyone()
+    def step_fn(step: int) -> dict:
+        if on_retain:  # an epoch passes over the retain set; forget examples are drawn with replacement
+            r_idx, f_idx = step_indices(step, len(r_items), len(f_items), tcfg.batch_size, seed)
+        else:
+            f_idx, r_idx = step_indices(step, len(f_items), len(r_items), tcfg.batch_size, seed)
+        return train_step(loop, [f_items[i] for i in f_idx], [r_items[i] for i in r_idx], f_idx)
 
-    def fail(msg: str, step: int):
-        if rdir and acc.is_main_process:
-            has = (ckpt / "state.json").exists()
-            write_status(rdir, "failed", reason=msg, step=step, last_checkpoint=str(ckpt) if has else None)
-        acc.wait_for_everyone()
-        kept = f"; last good checkpoint kept in {ckpt}" if ckpt is not None and (ckpt / "state.json").exists() else ""
-        raise NonFiniteError(f"{msg} at step {step}; stopped{kept}")
+    def postfix(res):
+        return {"loss": f"{res['loss']:.3f}", "fl": f"{res.get('forget_logp', 0):.2f}"}
 
-    t_start = time.time()
-    show = progress and acc.is_main_process
-    bar = tqdm(total=total, initial=start, desc=f"unlearn {method.name}", disable=not show)
-    last: dict = {}
-    for step in range(start, total):
-        f_idx, r_idx = step_indices(step, len(f_items), len(r_items), tcfg.batch_size, seed)
-        t0 = time.time()
-        try:
-            res = train_step(loop, [f_items[i] for i in f_idx], [r_items[i] for i in r_idx], f_idx)
-        except NonFiniteError as e:
-            fail(str(e), step)
-        optimizer_step(loop)
-        n_tok_total += res["tokens"]
-        dt = time.time() - t0
-        last = {
-            "step": step + 1,
-            "epoch": round((step + 1) / spe, 3),
-            "lr": loop.sched.get_last_lr()[0],
-            "tokens_per_s": res["tokens"] / max(dt, 1e-9),
-            **res,
-        }
-        if rdir and acc.is_main_process:
-            append_jsonl(Path(rdir) / "trace.jsonl", last)
-        bar.update(1)
-        bar.set_postfix(loss=f"{res['loss']:.3f}", fl=f"{res.get('forget_logp', 0):.2f}")
-        done = step + 1 == total
-        if eval_fn is not None and tcfg.eval_every and (step + 1) % tcfg.eval_every == 0 and not done:
-            if acc.is_main_process:
-                m = loop.model
-                m.eval()
-                append_jsonl(Path(rdir) / "trace.jsonl", {"step": step + 1, "eval": eval_fn(m)})
-                m.train()
-            acc.wait_for_everyone()
-        if ckpt is not None and tcfg.checkpoint_every and (step + 1) % tcfg.checkpoint_every == 0 and not done:
-            if not _finite(loop.params):  # never let a broken model replace the last good checkpoint
-                fail("non-finite weights after the optimizer step", step)
-            if acc.is_main_process:
-                _save_checkpoint(ckpt, loop.model, loop.opt, loop.sched, step + 1, n_tok_total)
-            acc.wait_for_everyone()
-    bar.close()
-    if not _finite(loop.params):
-        fail("non-finite weights after the optimizer step", total - 1)
+    last, n_tok_total, seconds = run_loop(
+        loop.core, loop.model, step_fn, total, spe, rdir, f"unlearn {method.name}", progress=progress,
+        eval_fn=eval_fn, eval_every=tcfg.eval_every, log=log, postfix=postfix,
+    )  # fmt: skip
     final = loop.model
     if tcfg.lora.r > 0:
         final = final.merge_and_unload()
@@ -432,71 +375,13 @@ def unlearn_model(
     summary = {
         "steps": total,
         "tokens": n_tok_total,
-        "seconds": round(time.time() - t_start, 2),
-        "world_size": acc.num_processes,
+        "seconds": seconds,
+        "world_size": loop.acc.num_processes,
         "micro_batch_size": loop.micro,
         "precision": "bf16" if loop.bf16 else "fp32",
         **{k: v for k, v in last.items() if k in ("loss", "forget_logp", "retain_logp")},
     }
     return final, summary
-
-
-# ----------------------------------------------------------------------------------------------- checkpoints
-def _save_checkpoint(ckpt: Path, model, opt, sched, step: int, tokens: int) -> None:
-    """Write ``ckpt.tmp`` completely, then swap it in (``ckpt`` -> ``ckpt.old`` -> removed)."""
-    from safetensors.torch import save_model
-
-    tmp = ckpt.with_name(ckpt.name + ".tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    save_model(model, str(tmp / "model.safetensors"))  # handles tied weights
-    torch.save(opt.state_dict(), tmp / "optimizer.pt")  # our own file; reloaded with weights_only=True
-    # state.json last: a tmp folder with it is complete
-    atomic_write_json(tmp / "state.json", {"step": step, "tokens": tokens, "scheduler": sched.state_dict()})
-    old = ckpt.with_name(ckpt.name + ".old")
-    if old.exists():
-        shutil.rmtree(old)
-    if ckpt.exists():
-        os.replace(ckpt, old)
-    os.replace(tmp, ckpt)
-    shutil.rmtree(old, ignore_errors=True)
-
-
-def _recover_checkpoint(ckpt: Path) -> None:
-    """After a kill between the two renames of `_save_checkpoint`, put the newest complete checkpoint back."""
-    if (ckpt / "state.json").exists():
-        return
-    for cand in (ckpt.with_name(ckpt.name + ".tmp"), ckpt.with_name(ckpt.name + ".old")):
-        if (cand / "state.json").exists():
-            if ckpt.exists():
-                shutil.rmtree(ckpt)
-            os.replace(cand, ckpt)
-            return
-
-
-def _load_checkpoint(ckpt: Path, model, opt, sched) -> tuple[int, int]:
-    from safetensors.torch import load_model
-
-    state = json.loads((ckpt / "state.json").read_text())
-    load_model(model, str(ckpt / "model.safetensors"), device=str(next(model.parameters()).device))
-    opt.load_state_dict(torch.load(ckpt / "optimizer.pt", weights_only=True, map_location="cpu"))
-    sched.load_state_dict(state["scheduler"])
-    return int(state["step"]), int(state.get("tokens", 0))
-
-
-def _truncate_trace(path: Path, step: int) -> None:
-    """Drop trace rows written after the checkpoint we resume from (they will be written again)."""
-    if not path.exists():
-        return
-    atomic_write_jsonl(path, [r for r in read_jsonl(path, tolerant=True) if r.get("step", 0) <= step])
-
-
-def clear_checkpoint(rdir: Path) -> None:
-    for name in ("checkpoint", "checkpoint.tmp", "checkpoint.old"):
-        p = Path(rdir) / name
-        if p.exists():
-            shutil.rmtree(p)
 
 
 __all__ = [

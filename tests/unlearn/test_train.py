@@ -199,7 +199,7 @@ def test_nan_loss_stops_with_exit_2_and_keeps_last_good_checkpoint(tiny, tmp_pat
         calls.append(1)
         return (loss * float("nan") if len(calls) == 3 else loss), logs
 
-    monkeypatch.setitem(METHODS, "ga", dataclasses.replace(spec, step=nan_step))
+    monkeypatch.setitem(METHODS, ("llm", "ga"), dataclasses.replace(spec, step=nan_step))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("UNLEARN_HOME", str(tmp_path / "home"))
     rc = main(

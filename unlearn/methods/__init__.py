@@ -1,8 +1,25 @@
-"""Unlearning methods: one file each, registered by the name the CLI uses.
+"""Unlearning methods: one file each, registered under ``(kind, name)``; ``kind`` is ``llm`` or ``diffusion``.
 
-A gradient method is a `Method`: a config dataclass, a pure loss function (in its module) and a thin ``step``
-that runs the forward passes it needs and returns ``(loss, logs)``. The training loop (`unlearn/train.py`) owns
-optimisation, batching, precision, checkpoints and multi-process; a method only computes its loss.
+Two shapes of method:
+
+* **gradient** methods: a config dataclass, a pure loss function (in their module) and a thin ``step(ctx, batch,
+  cfg) -> (loss, logs)`` that runs the forward passes it needs. The loop core (`unlearn/loop.py`, with the LLM and
+  diffusion tasks in `unlearn/train.py` and `unlearn/diffusion_train.py`) owns optimisation, batching, precision,
+  checkpoints, the non-finite guard and multi-process; a method only computes its loss. The `MethodSpec` hooks are
+  the loop's extension points:
+
+  - ``trainable(model, cfg) -> list[(name, param)]``: restrict the trained parameters (default: all);
+  - ``grad_mask(model, cfg) -> {param_name: mask}``: multiply those parameters' gradients by a 0/1 mask each step;
+  - a step may return ``({name: loss, ...}, logs)`` and the spec a ``transform_grads(grads, cfg) -> grads`` that
+    combines the per-loss gradients (``{name: [grad per trainable param]}``) into the ones the optimizer applies;
+  - ``make_aux(model, cfg, device) -> {name: module or optimizer}``: auxiliary modules with their own optimizer,
+    handed to the step as ``ctx.aux`` and saved in checkpoints with the model;
+  - ``budget``: ``forget`` (an epoch = one pass over the forget set) or ``retain`` (over the retain set).
+
+* **closed-form** edits (UCE, RECE): ``apply(target, erase, cfg, preserve, on_round=None) -> info`` with one
+  signature for all, ``info["edit_seconds"]`` always set.
+
+The registry holds only the names the CLI accepts; lookups name the kind and list that kind's valid names.
 """
 
 from __future__ import annotations
@@ -16,94 +33,115 @@ import torch
 
 from unlearn.errors import unknown_name
 
-# module -> names it registers; imported lazily so `unlearn --help` stays fast.
-_MODULES = {
-    "ga": "unlearn.methods.ga",
-    "graddiff": "unlearn.methods.graddiff",
-    "npo": "unlearn.methods.npo",
-    "simnpo": "unlearn.methods.simnpo",
-    "uce": "unlearn.methods.uce",
-    "rece": "unlearn.methods.rece",
+KINDS = ("llm", "diffusion")
+
+# (kind, name) -> the module that registers it; imported on lookup so `unlearn --help` stays fast.
+_MODULES: dict[tuple[str, str], str] = {
+    ("llm", "ga"): "unlearn.methods.ga",
+    ("llm", "graddiff"): "unlearn.methods.graddiff",
+    ("llm", "npo"): "unlearn.methods.npo",
+    ("llm", "simnpo"): "unlearn.methods.simnpo",
+    ("diffusion", "uce"): "unlearn.methods.uce",
+    ("diffusion", "rece"): "unlearn.methods.rece",
+    ("diffusion", "ga"): "unlearn.methods.diffusion_grad",
+    ("diffusion", "npo"): "unlearn.methods.diffusion_grad",
 }
 
 
 class StepContext(Protocol):
-    """What the loop hands a method's step.
+    """What the loop hands a gradient method's step.
 
-    ``policy(batch, full_logits=False)`` runs the trainable model (through the DDP wrapper) and returns a dict with
-    ``seq_logp`` (B,), ``n_tokens`` (B,) and, for KL terms, ``logits`` (N, V) at answer positions and ``row`` (N,).
-    ``reference(batch, full_logits=False)`` does the same under ``no_grad`` on the frozen pre-unlearning model
-    (None when the method needs none). ``ref_forget_logp(idx)`` returns cached reference sequence log-probs of
-    forget examples (B,). ``norm`` holds the global normalisers of this optimizer step: ``forget_seqs``,
-    ``forget_tokens``, ``retain_seqs``, ``retain_tokens`` — so that micro-batching and processes sum to exactly the
-    one-process gradient.
+    LLM task: ``policy(*batches, full_logits=False)`` runs the trainable model (through the DDP wrapper) on one or
+    several batches in one forward pass and returns a dict with ``seq_logp`` (B,), ``n_tokens`` (B,) and, for KL
+    terms, ``logits`` (N, V) at answer positions and ``row`` (N,). ``reference(batch, full_logits=False)`` does the
+    same under ``no_grad`` on the frozen pre-unlearning model (None when the method needs none).
+    ``ref_forget_logp(idx)`` returns cached reference sequence log-probs of forget examples (B,). ``norm`` holds
+    the global normalisers of this optimizer step: ``forget_seqs``, ``forget_tokens``, ``retain_seqs``,
+    ``retain_tokens`` — so that micro-batching and processes sum to exactly the one-process gradient.
+
+    Diffusion task: ``policy(batch)`` returns the per-sample denoising loss (B,) of the trainable UNet and
+    ``reference(batch)`` the frozen one's at the same (t, noise); ``norm`` holds ``forget_seqs``/``retain_seqs``.
+
+    Both: ``aux`` is the method's auxiliary modules / optimizers (``make_aux``), or an empty dict.
     """
 
-    policy: Callable[..., dict]
-    reference: Callable[..., dict] | None
+    policy: Callable[..., Any]
+    reference: Callable[..., Any] | None
     ref_forget_logp: Callable[[torch.Tensor], torch.Tensor] | None
     norm: dict[str, float]
+    aux: dict
 
 
 class Method(Protocol):
-    def __call__(self, ctx: StepContext, batch: dict, cfg: Any) -> tuple[torch.Tensor, dict[str, float]]: ...
+    def __call__(self, ctx: StepContext, batch: dict, cfg: Any) -> tuple[torch.Tensor | dict, dict[str, float]]: ...
 
 
 @dataclass(frozen=True)
 class MethodSpec:
     name: str
+    kind: str  # llm | diffusion
     config_cls: type
-    step: Callable  # step(ctx, batch, cfg) -> (loss, logs); None for closed-form methods
-    needs_reference: Callable[[Any], bool]  # cfg -> whether a frozen reference model is needed
-    target: str  # "llm" | "diffusion"
     description: str
+    step: Callable | None = None  # gradient methods: step(ctx, batch, cfg) -> (loss or {name: loss}, logs)
+    apply: Callable | None = None  # closed-form edits: apply(target, erase, cfg, preserve, on_round=None) -> info
+    needs_reference: Callable[[Any], bool] = lambda cfg: False  # whether a frozen reference copy is needed
+    trainable: Callable | None = None  # (model, cfg) -> [(name, param)]; None = every parameter
+    grad_mask: Callable | None = None  # (model, cfg) -> {param name: 0/1 mask tensor}
+    transform_grads: Callable | None = None  # ({loss name: [grad]}, cfg) -> [grad]
+    make_aux: Callable | None = None  # (model, cfg, device) -> {name: module | optimizer}
+    budget: str = "forget"  # forget | retain: the set an epoch passes over
+
+    @property
+    def target(self) -> str:  # the older name of ``kind``
+        return self.kind
+
+    @property
+    def closed_form(self) -> bool:
+        return self.apply is not None
 
 
-METHODS: dict[str, MethodSpec] = {}
+METHODS: dict[tuple[str, str], MethodSpec] = {}
 
 
-def register_method(
-    name: str,
-    config_cls: type,
-    description: str,
-    target: str = "llm",
-    needs_reference: Callable[[Any], bool] = lambda cfg: False,
-):
-    """Decorator registering a step function under ``name``."""
+def register_method(name: str, config_cls: type, description: str, kind: str = "llm", **hooks):
+    """Decorator registering a gradient step under ``(kind, name)``; ``hooks`` are `MethodSpec` fields."""
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
 
     def deco(step):
-        METHODS[name] = MethodSpec(name, config_cls, step, needs_reference, target, description)
+        METHODS[(kind, name)] = MethodSpec(name, kind, config_cls, description, step=step, **hooks)
         return step
 
     return deco
 
 
-def get_method(name: str, target: str = "llm") -> MethodSpec:
-    valid = [n for n in _MODULES]
-    if name not in _MODULES:
-        raise unknown_name("method", name, valid)
-    importlib.import_module(_MODULES[name])
-    if name not in METHODS:
-        raise unknown_name("method", name, [n for n in METHODS])
-    spec = METHODS[name]
-    if spec.target != target:
-        ok = [n for n in _MODULES if _target_of(n) == target]
-        raise unknown_name(f"{target} method", name, ok)
-    return spec
+def register_edit(name: str, config_cls: type, description: str, kind: str = "diffusion"):
+    """Decorator registering a closed-form edit ``apply(target, erase, cfg, preserve, on_round=None)``."""
+
+    def deco(apply):
+        METHODS[(kind, name)] = MethodSpec(name, kind, config_cls, description, apply=apply)
+        return apply
+
+    return deco
 
 
-def _target_of(name: str) -> str | None:
-    try:
-        importlib.import_module(_MODULES[name])
-    except ImportError:
-        return None
-    return METHODS[name].target if name in METHODS else None
+def names(kind: str) -> list[str]:
+    return sorted({n for k, n in _MODULES if k == kind} | {n for k, n in METHODS if k == kind})
+
+
+def get_method(name: str, kind: str = "llm") -> MethodSpec:
+    """The method ``name`` of ``kind``; an unknown name lists that kind's methods."""
+    if kind not in KINDS:
+        raise unknown_name("method kind", kind, KINDS)
+    if (kind, name) not in METHODS and (kind, name) in _MODULES:
+        importlib.import_module(_MODULES[(kind, name)])
+    if (kind, name) not in METHODS:
+        raise unknown_name(f"{kind} method", name, names(kind))
+    return METHODS[(kind, name)]
 
 
 def list_methods() -> list[MethodSpec]:
-    for m in _MODULES.values():
-        try:
-            importlib.import_module(m)
-        except ImportError:
-            continue
-    return [METHODS[n] for n in sorted(METHODS)]
+    """Every registered method, sorted by (name, kind)."""
+    for mod in sorted(set(_MODULES.values())):
+        importlib.import_module(mod)
+    return [METHODS[k] for k in sorted(METHODS, key=lambda k: (k[1], k[0]))]
