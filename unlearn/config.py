@@ -1,8 +1,10 @@
 """Run configuration: dataclasses, YAML loading (``yaml.safe_load``), typed ``key=value`` overrides, model aliases.
 
 Overrides (``--set key=value``) are checked against the dataclass field types: ``lr=1e-4``, ``lora.r=16``,
-``retain=kl``, ``beta=0.2`` (a method field), ``method.beta=0.2`` (the same, explicit). A bad key or value names
-the key and why. No Hydra: dataclasses are the source of truth.
+``retain=kl``, ``beta=0.2`` (a method field), ``method.beta=0.2`` (the same, explicit), lists from comma-separated
+values (``preserve=square,triangle``), ``none`` for optional fields. A bad key or value names the key and why.
+Every command that takes ``--set`` also takes ``--config FILE.yaml`` (read with ``yaml.safe_load``; applied before
+``--set``). No Hydra: dataclasses are the source of truth.
 """
 
 from __future__ import annotations
@@ -141,6 +143,11 @@ def _convert(value: str, tp: Any, key: str) -> Any:
             except UnlearnError as e:
                 errors.append(str(e))
         raise UnlearnError(errors[-1])
+    if origin in (list, tuple):
+        (elem, *_) = get_args(tp) or (str,)
+        if value.strip() == "":
+            return origin()
+        return origin(_convert(v.strip(), elem, key) for v in value.split(","))
     if tp is bool:
         if value.lower() in ("1", "true", "yes", "on"):
             return True
@@ -237,6 +244,12 @@ def load_yaml_overrides(path: str | Path) -> list[tuple[str, str]]:
         for k, v in d.items():
             if isinstance(v, dict):
                 walk(f"{prefix}{k}.", v)
+            elif isinstance(v, (list, tuple)):
+                out.append((f"{prefix}{k}", ",".join(str(x) for x in v)))
+            elif v is None:
+                out.append((f"{prefix}{k}", "none"))
+            elif isinstance(v, bool):
+                out.append((f"{prefix}{k}", "true" if v else "false"))
             else:
                 out.append((f"{prefix}{k}", str(v)))
 

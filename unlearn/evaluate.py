@@ -20,16 +20,32 @@ compositions). Every process must call `evaluate` with the same sets.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
+from unlearn.data.benchmarks import data_hash
 from unlearn.metrics import logit, mia
-from unlearn.targets.llm import PromptFormat, collate, encode_prompt, encode_qa, greedy_generate
+from unlearn.store import atomic_write_json, read_json, unlearn_home
+from unlearn.targets.llm import (
+    PromptFormat,
+    _unwrap,
+    answer_token_logits,
+    collate,
+    encode_prompt,
+    encode_qa,
+    greedy_generate,
+    token_logps,
+)
+from unlearn.workflow import files_hash
 
-SETS = ("forget", "retain", "world_facts", "arithmetic", "real_authors")
+SETS = ("forget", "retain", "world_facts", "arithmetic", "real_authors", "bio_only")  # the order they are reported
 UTILITY_SETS = ("retain", "world_facts", "arithmetic", "real_authors")  # those present enter model_utility
 OPTION_SETS = ("world_facts", "arithmetic", "real_authors")  # TOFU's utility sets: normalised prob, original answer
 _TOKEN_KEYS = ("token_logp", "mu", "sigma", "hits")  # per-token lists: used for metrics, not written to examples
@@ -115,10 +131,6 @@ def score_answers(
         per example ``{"logp": summed answer log-prob, "n": answer tokens}`` (+ ``token_logp``, ``mu``, ``sigma``,
         ``hits`` lists where asked).
     """
-    from tqdm.auto import tqdm
-
-    from unlearn.targets.llm import answer_token_logits, token_logps
-
     device = next(model.parameters()).device
     items = [encode_qa(tokenizer, fmt, q, a) for q, a in zip(questions, answers)]
     stats = [bool(token_stats)] * len(items) if isinstance(token_stats, bool) else [bool(s) for s in token_stats]
@@ -162,10 +174,6 @@ def generate_answers(
     progress: bool = False,
 ) -> list[str]:
     """Greedy answers (decoded, stripped), in length-sorted batches; each sequence stops at its EOS."""
-    from tqdm.auto import tqdm
-
-    from unlearn.targets.llm import _unwrap
-
     lm = _unwrap(model)  # generate() lives on the transformers model, not on a DDP wrapper
     prompts = [encode_prompt(tokenizer, fmt, q) for q in questions]
     out: list[str | None] = [None] * len(prompts)
@@ -397,3 +405,36 @@ def _es(hits: list[int]) -> float:
 
 def _mean(rows: list[dict], key: str) -> float:
     return float(np.mean([r[key] for r in rows]))
+
+
+# ----------------------------------------------------------------------------------------------- cached evaluations
+def _code_version() -> str:
+    """A hash of the source files that decide an evaluation's numbers (so a code change never reuses a stale one)."""
+    root = Path(__file__).resolve().parent
+    h = hashlib.sha256()
+    for rel in ("evaluate.py", "metrics/logit.py", "metrics/mia.py", "targets/llm.py"):
+        h.update((root / rel).read_bytes())
+    return h.hexdigest()[:12]
+
+
+def cache_key(model_path: str, fmt: PromptFormat, sets: dict, cfg: EvalConfig, oracle: dict | None) -> str:
+    """Key of a fixed model's evaluation: weights + tokenizer files, prompt format, data, config, code version."""
+    ident = files_hash(model_path) if Path(model_path).is_dir() else model_path  # hub ids: the id (revision-free)
+    parts = [ident, asdict(fmt), data_hash(sets), asdict(cfg), _code_version(),
+             None if oracle is None else oracle.get("key")]  # fmt: skip
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def cached_evaluate(model_path: str, load, tok, fmt: PromptFormat, sets: dict, cfg: EvalConfig, oracle=None) -> dict:
+    """Evaluate a fixed model (target / oracle) once per `cache_key`; cached under ``$UNLEARN_HOME/evals``.
+
+    ``load()`` is called only on a cache miss. Returns ``{"key", "model", "metrics", "examples"}``.
+    """
+    key = cache_key(model_path, fmt, sets, cfg, oracle)
+    p = unlearn_home() / "evals" / f"{key}.json"
+    if p.exists():
+        return read_json(p)
+    m, ex = evaluate(load(), tok, fmt, sets, cfg, oracle=oracle)
+    res = {"key": key, "model": model_path, "metrics": m, "examples": ex}
+    atomic_write_json(p, res)
+    return res

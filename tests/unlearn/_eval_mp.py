@@ -18,15 +18,16 @@ def main(out: str) -> None:
     import torch.distributed as dist
     from accelerate import Accelerator
 
+    from unlearn.data.benchmarks import DataFiles, load_sets
     from unlearn.evaluate import EvalConfig, _Shard, evaluate
-    from unlearn.runner import DataFiles, load_sets, load_target
     from unlearn.targets.llm import load_causal_lm
+    from unlearn.targets.resolve import load_target
 
     # no cpu=True on purpose: on a CPU machine this Accelerator reports one process although the gloo group has two,
     # and evaluate() must still shard (it reads the group's size)
     acc = Accelerator()
     tgt = load_target("tiny-micro", "tinyfacts", "forget10", log=lambda *a: None)
-    sets = mp_sets(load_sets("tinyfacts", "forget10", tgt, DataFiles())[0])
+    sets = mp_sets(load_sets("tinyfacts", "forget10", DataFiles(), tgt.build_cfg.data)[0])
     cfg = EvalConfig(suite="full", batch_size=4)  # small batches: several per shard
     om, oe = evaluate(load_causal_lm(tgt.oracle_dir), tgt.tokenizer, tgt.fmt, sets, cfg, accelerator=acc)
     m, ex = evaluate(

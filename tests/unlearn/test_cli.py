@@ -5,6 +5,7 @@ import json
 import pytest
 
 from unlearn.cli import main
+from unlearn.metrics import check_keys
 
 
 def _run(args, capsys):
@@ -47,8 +48,9 @@ def test_run_writes_the_run_directory(npo_run, micro_target):
     target = json.loads((micro_target / "target" / "build.json").read_text())["accuracy"]
     assert m["forget_acc"] < target["forget10"]  # unlearning moved the model
     assert m["cost_steps"] == 4 and m["cost_tokens"] > 0
-    cfg = json.loads((npo_run / "config.json").read_text())
+    cfg = json.loads((npo_run / "config.json").read_text())["resolved"]
     assert cfg["method_config"]["beta"] == 1.0 and cfg["train_config"]["epochs"] == 4  # embedded NPO preset
+    assert set(m) - {"schema_version"} and not check_keys(m)  # registered scalars only
     trace = [json.loads(line) for line in (npo_run / "trace.jsonl").read_text().splitlines()]
     assert [r["step"] for r in trace] == [1, 2, 3, 4]
     assert {"loss", "lr", "grad_norm", "tokens_per_s", "forget_logp", "retain_logp"} <= set(trace[0])
@@ -82,9 +84,12 @@ def test_rerun_refuses_without_force(npo_run, capsys):
 @pytest.mark.parametrize(
     "args, words",
     [
-        (["run", "--method", "nope"], "unknown method 'nope'; valid: "),
-        (["run", "--split", "forget42"], "unknown split 'forget42'; valid: forget01, forget05, forget10"),
-        (["run", "--benchmark", "muse"], "unknown benchmark 'muse'"),
+        (["run", "--method", "nope"], "unknown llm method 'nope'; valid: ga, graddiff, npo, simnpo"),
+        (["run", "--method", "uce"], "unknown llm method 'uce'; valid: ga, graddiff, npo, simnpo"),
+        (["run", "--split", "forget42"], "unknown tinyfacts split 'forget42'; valid: forget01, forget05, forget10"),
+        (["run", "--benchmark", "muse"], "unknown llm benchmark 'muse'; valid: tinyfacts, tofu"),
+        (["run", "--set", "lr=fast"], "--set lr=fast: expected float"),
+        (["run", "--force", "--reuse"], "--force and --reuse contradict each other"),
         (["run", "--set", "lr=fast"], "--set lr=fast: expected float"),
         (["run", "--model", "/no/such/model"], "model directory not found"),
         (["list", "things"], "unknown list 'things'"),
@@ -114,7 +119,8 @@ def test_eval_and_list(capsys, micro_target, tmp_path):
     m = json.loads((tmp_path / "e" / "metrics.json").read_text())
     assert m["forget_acc"] >= 0.9 and "retain_rougeL_recall" in m
     rc, _, err = _run(["eval", "--model", "tiny-micro", "--suite", "basic", "--out", str(tmp_path / "e")], capsys)
-    assert rc == 2 and "exists" in err
+    assert rc == 2 and "already finished" in err and "--force" in err and "--reuse" in err
+    assert not check_keys(m) and "model" not in m  # identification lives in config.json
     for what, word in (("methods", "npo"), ("metrics", "forget_quality"), ("models", "llama-1b")):
         rc, out, _ = _run(["list", what], capsys)
         assert rc == 0 and word in out
@@ -126,4 +132,4 @@ def test_reuse_shows_a_finished_run_with_the_same_settings(npo_run, capsys):
     rc, stdout, _ = _run([*base, "--set", "epochs=4", "--set", "lr=1e-3"], capsys)
     assert rc == 0 and "forget_acc" in stdout
     rc, _, err = _run([*base, "--set", "epochs=5", "--set", "lr=1e-3"], capsys)
-    assert rc == 2 and "other settings" in err
+    assert rc == 2 and "different resolved config" in err

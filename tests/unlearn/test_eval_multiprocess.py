@@ -28,9 +28,10 @@ def _mp_sets():
 
 @pytest.mark.slow
 def test_two_processes_equal_one(micro_target, tmp_path):
+    from unlearn.data.benchmarks import DataFiles, load_sets
     from unlearn.evaluate import EvalConfig, evaluate
-    from unlearn.runner import DataFiles, load_sets, load_target
     from unlearn.targets.llm import load_causal_lm
+    from unlearn.targets.resolve import load_target
 
     out = tmp_path / "mp.json"
     launcher = Path(sys.executable).with_name("accelerate")
@@ -55,7 +56,7 @@ def test_two_processes_equal_one(micro_target, tmp_path):
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     # meanwhile, the one-process reference in this process
     tgt = load_target("tiny-micro", "tinyfacts", "forget10", log=lambda *a: None)
-    sets = _mp_sets()(load_sets("tinyfacts", "forget10", tgt, DataFiles())[0])
+    sets = _mp_sets()(load_sets("tinyfacts", "forget10", DataFiles(), tgt.build_cfg.data)[0])
     cfg = EvalConfig(suite="full", batch_size=4)
     om, oe = evaluate(load_causal_lm(tgt.oracle_dir), tgt.tokenizer, tgt.fmt, sets, cfg)
     m1, ex1 = evaluate(tgt.model, tgt.tokenizer, tgt.fmt, sets, cfg, oracle={"metrics": om, "examples": oe})

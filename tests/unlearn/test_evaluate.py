@@ -12,11 +12,12 @@ BASIC = [
 
 @pytest.fixture(scope="module")
 def micro(micro_target):
-    from unlearn.runner import DataFiles, load_sets, load_target
+    from unlearn.data.benchmarks import DataFiles, load_sets
     from unlearn.targets.llm import load_causal_lm
+    from unlearn.targets.resolve import load_target
 
     tgt = load_target("tiny-micro", "tinyfacts", "forget10", log=lambda *a: None)
-    sets, _, _ = load_sets("tinyfacts", "forget10", tgt, DataFiles())
+    sets, _, _ = load_sets("tinyfacts", "forget10", DataFiles(), tgt.build_cfg.data)
     return tgt, load_causal_lm(tgt.oracle_dir), sets
 
 

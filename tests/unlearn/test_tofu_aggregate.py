@@ -1,7 +1,7 @@
 """TOFU aggregation on TOFU's published Llama-2-7b eval logs (full model vs the retain90 model).
 
 The expected figures are computed here independently, with numpy/scipy straight from the JSON, following TOFU's
-``aggregate_eval_stat.py`` (shared/spec/peers.md §2.1), and are also pinned as literals:
+``aggregate_eval_stat.py`` (https://github.com/locuslab/tofu, ``aggregate_eval_stat.py``), and are also pinned as literals:
 
     forget quality of `full` against `retain90`  = 1.834066e-21  (KS statistic 0.396667, 300 vs 300 examples)
     model utility of `full`                      = 0.622677
@@ -19,13 +19,9 @@ from unlearn.cli import main
 from unlearn.metrics.logit import truth_ratio
 from unlearn.tofu_aggregate import aggregate, utility_components
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "tofu"
-if not DATA.is_dir():
-    DATA = Path("/work/shared/data/tofu")
+DATA = Path(__file__).resolve().parents[1] / "assets" / "tofu"  # TOFU's published logs, committed (MIT licence)
 FULL = DATA / "llama2-7b_full_eval_log_aggregated.json"
 RETAIN = DATA / "llama2-7b_retain90_eval_log_aggregated.json"
-
-pytestmark = pytest.mark.skipif(not FULL.is_file(), reason="TOFU reference logs not available")
 
 
 @pytest.fixture(scope="module")

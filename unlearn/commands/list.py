@@ -1,28 +1,34 @@
-"""`unlearn list methods|metrics|models`: what exists."""
+"""`unlearn list methods|metrics|models|benchmarks`: what exists."""
 
 from __future__ import annotations
 
-WHAT = ("methods", "metrics", "models")
+from unlearn.errors import unknown_name
+
+WHAT = ("methods", "metrics", "models", "benchmarks")
 
 
 def register(sub) -> None:
-    p = sub.add_parser("list", help="list methods, metrics or model aliases")
+    p = sub.add_parser("list", help="list methods, metrics, model aliases or benchmarks")
     p.add_argument("what", help=f"one of: {', '.join(WHAT)}")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
-    from unlearn.errors import unknown_name
-
     if args.what == "methods":
-        from unlearn.methods import list_methods
+        from unlearn.methods import list_methods  # imports every method module (torch)
 
         for m in list_methods():
-            print(f"{m.name:10} {m.target:10} {m.description}")
+            shape = "closed form" if m.closed_form else "gradient"
+            print(f"{m.name:10} {m.kind:10} {shape:12} {m.description}")
     elif args.what == "metrics":
         from unlearn.metrics import metrics_table
 
         print(metrics_table())
+    elif args.what == "benchmarks":
+        from unlearn.data.benchmarks import BENCHMARKS
+
+        for b in BENCHMARKS.values():
+            print(f"{b.name:12} {b.kind:10} {','.join(b.splits) or '(concepts)':28} {b.description}")
     elif args.what == "models":
         from unlearn.config import _TOFU_NAMES, MODEL_ALIASES
 

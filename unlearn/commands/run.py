@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+from unlearn.commands.table import format_table
+from unlearn.config import load_yaml_overrides, parse_overrides
+from unlearn.data.benchmarks import DataFiles
+from unlearn.store import read_json
+
 
 def add_data_args(p) -> None:
     p.add_argument("--benchmark", default="tinyfacts", help="tinyfacts | tofu")
@@ -13,26 +18,55 @@ def add_data_args(p) -> None:
     p.add_argument("--suite", default="full", help="metric suite: basic | full")
 
 
+def add_claim_args(p) -> None:
+    p.add_argument("--force", action="store_true", help="re-run a finished run (its files are replaced)")
+    p.add_argument(
+        "--reuse", action="store_true", help="show a finished run with the same settings instead of failing"
+    )
+
+
+def add_override_args(p) -> None:
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a setting (repeatable), e.g. --set lr=1e-4 --set beta=0.2")  # fmt: skip
+    p.add_argument("--config", help="YAML file of key: value overrides (applied before --set)")
+
+
+def overrides_of(args) -> list[tuple[str, str]]:
+    return (load_yaml_overrides(args.config) if args.config else []) + parse_overrides(args.overrides)
+
+
+def make_accelerator():
+    """An Accelerator under `accelerate launch` (several processes), else None."""
+    import os
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return None
+    import torch
+    from accelerate import Accelerator
+
+    # a bare Accelerator() reports DistributedType.NO under a gloo (CPU) launch: ask for the CPU backend
+    return Accelerator(cpu=not torch.cuda.is_available())
+
+
+def close_accelerator(accelerator) -> None:
+    if accelerator is None:
+        return
+    import torch.distributed as dist
+
+    accelerator.wait_for_everyone()
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def register(sub) -> None:
     p = sub.add_parser("run", help="unlearn an LLM target, then evaluate -> run dir")
-    p.add_argument("--method", default="npo", help="ga | graddiff | npo | simnpo (see `unlearn list methods`)")
+    p.add_argument("--method", default="npo", help="an llm method (see `unlearn list methods`)")
     p.add_argument("--model", default="tiny", help="alias (see `unlearn list models`), HF id or local dir")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="runs", help="root of the run tree")
     add_data_args(p)
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a training or method setting (repeatable), e.g. --set lr=1e-4 --set beta=0.2",
-    )
-    p.add_argument("--config", help="YAML file of key: value overrides (applied before --set)")
-    p.add_argument("--force", action="store_true", help="re-run a finished run")
-    p.add_argument(
-        "--reuse", action="store_true", help="show a finished run with the same settings instead of failing"
-    )
+    add_override_args(p)
+    add_claim_args(p)
     p.add_argument("--save-model", action="store_true", help="keep the unlearned model (safetensors) in model/")
     p.add_argument("--compare", action="store_true", help="print target / unlearned / oracle side by side")
     p.add_argument("--no-progress", action="store_true")
@@ -40,55 +74,25 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    import os
+    from unlearn.runner import RunArgs, compare_table  # heavy (torch, transformers): inside the command
+    from unlearn.runner import run as run_workflow
 
-    from unlearn.config import load_yaml_overrides, parse_overrides
-    from unlearn.errors import UnlearnError
-    from unlearn.runner import DataFiles, RunArgs, compare_table, format_table, run
-
-    if args.suite not in ("basic", "full"):
-        raise UnlearnError(f"unknown suite {args.suite!r}; valid: basic, full")
-    overrides = (load_yaml_overrides(args.config) if args.config else []) + parse_overrides(args.overrides)
     ra = RunArgs(
-        method=args.method,
-        model=args.model,
-        benchmark=args.benchmark,
-        split=args.split,
-        seed=args.seed,
-        out=args.out,
-        overrides=overrides,
-        force=args.force,
-        reuse=args.reuse,
-        save_model=args.save_model,
-        files=DataFiles(args.forget, args.retain, args.holdout),
-        prompt=args.prompt,
-        suite=args.suite,
+        method=args.method, model=args.model, benchmark=args.benchmark, split=args.split, seed=args.seed,
+        out=args.out, overrides=overrides_of(args), force=args.force, reuse=args.reuse, save_model=args.save_model,
+        files=DataFiles(args.forget, args.retain, args.holdout), prompt=args.prompt, suite=args.suite,
         progress=not args.no_progress,
-    )
-    accelerator = None
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        import torch
-        from accelerate import Accelerator
-
-        # a bare Accelerator() reports DistributedType.NO under a gloo (CPU) launch: ask for the CPU backend
-        accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    )  # fmt: skip
+    accelerator = make_accelerator()
     try:
-        rdir = run(ra, accelerator=accelerator)
+        rdir = run_workflow(ra, accelerator=accelerator)
     finally:
-        if accelerator is not None:
-            import torch.distributed as dist
-
-            accelerator.wait_for_everyone()
-            if dist.is_initialized():
-                dist.destroy_process_group()
+        close_accelerator(accelerator)
     if accelerator is not None and not accelerator.is_main_process:
         return 0
     print(f"run written to {rdir}")
     if args.compare:
         print(format_table(compare_table(rdir)))
     else:
-        from unlearn.store import read_json
-
-        m = read_json(rdir / "metrics.json")
-        print(format_table({args.method: m}))
+        print(format_table({args.method: read_json(rdir / "metrics.json")}))
     return 0

@@ -3,8 +3,8 @@
 Two kinds of task:
 
 * **Built-in** ``tinyfacts_{forget,retain,world_facts,arithmetic}_mc``: cloze multiple choice over the evaluated
-  sets (the reference answer against the record's perturbed values). Their YAMLs live in
-  ``benchmarks/lm_eval_tasks/``; at run time the data are written as JSONL under
+  sets (the reference answer against the record's perturbed values). Their YAMLs are package data
+  (``unlearn/assets/lm_eval_tasks/``); at run time the data are written as JSONL under
   ``$UNLEARN_HOME/lm_eval_tasks/<content hash>/`` and the YAMLs copied next to them with absolute ``data_files``
   (lm-eval resolves relative data paths against the current directory, not the YAML's). The task index is built
   with ``include_defaults=False`` (instant; the default index of ~14k YAMLs takes ~10 s).
@@ -36,7 +36,7 @@ BUILTIN_TASKS = {
     "tinyfacts_world_facts_mc": "world_facts",
     "tinyfacts_arithmetic_mc": "arithmetic",
 }
-TASK_DIR = Path(__file__).resolve().parents[2] / "benchmarks" / "lm_eval_tasks"
+TASK_DIR = Path(__file__).resolve().parents[1] / "assets" / "lm_eval_tasks"  # package data: works from a wheel
 TEMPLATE = "_tinyfacts_mc_template.yaml"
 
 for _task, _set in BUILTIN_TASKS.items():
@@ -65,6 +65,14 @@ for _task, _set in BUILTIN_TASKS.items():
         f"with log-likelihoods normalised by the choice's length in bytes.{_tail}",
         "[0, 1]",
     )
+register_metric(
+    "lm_eval_{task}",
+    "lm_eval",
+    "none",
+    "any other lm-eval task's metric, lm_eval_<task>_<metric> (e.g. lm_eval_mmlu_acc). Its direction depends on "
+    "the task (a utility benchmark: higher is better; a hazardous-knowledge benchmark such as WMDP measures what "
+    "should be forgotten), so the registry does not rank it.",
+)
 
 
 # ----------------------------------------------------------------------------------------------- task data

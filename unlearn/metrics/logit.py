@@ -398,75 +398,62 @@ def extraction_strength(
 # Registry
 # ---------------------------------------------------------------------------------------------------------------
 
-SETS = ("forget", "retain", "world_facts", "arithmetic")
+# The evaluation sets per-set metrics are reported on. ``forget`` is scored against the oracle; the others are
+# knowledge the model should keep. TOFU's utility sets (world_facts, arithmetic, real_authors) use the original
+# answer and TOFU's normalised probability; bio_only holds entities learned from biographies only (TinyFacts v2).
+KEEP_SETS = ("retain", "world_facts", "arithmetic", "real_authors", "bio_only")
+OPTION_SETS = ("world_facts", "arithmetic", "real_authors")
+SETS = ("forget", *KEEP_SETS)
 
-_SET_TEXT = {
-    "forget": "the forget set",
-    "retain": "the retain set",
-    "world_facts": "the world-facts utility set",
-    "arithmetic": "the held-out arithmetic set",
-}
+_FORGET_TAIL = " Best when closest to the retain-only oracle's value (lower than the target's)."
+_KEEP_TAIL = " Higher is better (knowledge the model should keep)."
+_SET_NOTE = (" {set}: retain = the retain evaluation subset, world_facts / arithmetic / real_authors = utility sets, "
+             "bio_only = entities whose facts were trained from biographies only.")  # fmt: skip
+_PROB = "the length-normalised answer probability exp(mean answer-token log-prob) = P(a given q)^(1/len(a))"
+_NORM_PROB = ("TOFU's normalised probability p(a) / (p(a) + sum over perturbed answers a' of p(a')), "
+              "p(x) = exp(mean answer-token log-prob of x given the question)")  # fmt: skip
 
 
 def _register_all() -> None:
-    for s in SETS:
-        where = _SET_TEXT[s]
-        d = "oracle" if s == "forget" else "higher"
-        if s == "forget":
-            tail = " Best when closest to the retain-only oracle's value (lower than the target's)."
-        else:
-            tail = " Higher is better (knowledge the model should keep)."
-        prob_what = (
-            "TOFU's normalised probability p(a) / (p(a) + sum over perturbed answers a' of p(a')), "
-            "p(x) = exp(mean answer-token log-prob of x given the question)"
-            if s in ("world_facts", "arithmetic")
-            else "the length-normalised answer probability exp(mean answer-token log-prob) = P(a given q)^(1/len(a))"
-        )
-        for q, qtext in (("", "original question"), ("_para", "paraphrased question")):
-            register_metric(
-                f"{s}{q}_acc",
-                "logit",
-                d,
-                f"Exact-match accuracy on {where}: share of examples whose greedy answer to the {qtext} equals "
-                f"the reference after stripping whitespace; mean over examples.{tail}",
-                "[0, 1]",
-            )
-            register_metric(
-                f"{s}{q}_prob",
-                "logit",
-                d,
-                f"Mean over {where} of {prob_what}, the question being the {qtext}.{tail}",
-                "[0, 1]",
-            )
-            register_metric(
-                f"{s}{q}_rougeL_recall",
-                "logit",
-                d,
-                f"ROUGE-L recall (rouge_score, Porter stemmer) of the greedy answer to the {qtext} against the "
-                f"reference answer, mean over {where} (TOFU's ROUGE).{tail}",
-                "[0, 1]",
-            )
-        register_metric(
-            f"{s}_rougeL_f1",
-            "logit",
-            d,
-            f"ROUGE-L F1 (rouge_score, Porter stemmer) of the greedy answer against the reference, mean over "
-            f"{where} (MUSE's KnowMem/VerbMem flavour).{tail}",
-            "[0, 1]",
-        )
-        if s == "forget":
-            tr = (
-                "Truth-ratio score on the forget set: mean over examples of min(R, 1/R), "
-                "R = exp(mean perturbed per-token log-lik - paraphrased per-token log-lik) (TOFU's code: geometric "
-                "mean over perturbed answers). Best when closest to the retain-only oracle's value."
-            )
-        else:
-            tr = (
-                f"Truth-ratio score on {where}: mean over examples of max(0, 1 - R), R = exp(mean perturbed "
-                "per-token log-lik - correct (paraphrased where available) per-token log-lik) (TOFU). Higher is "
-                "better: correct answers preferred over perturbed ones."
-            )
-        register_metric(f"{s}_truth_ratio", "logit", d, tr, "[0, 1]")
+    """One registration per metric: ``forget_*`` exactly (direction oracle), ``{set}_*`` as templates."""
+    keep = {"set": KEEP_SETS}
+    for q, qtext in (("", "original question"), ("_para", "paraphrased question")):
+        acc = ("Exact-match accuracy on {where}: share of examples whose greedy answer to the " + qtext +
+               " equals the reference after stripping whitespace; mean over examples.")  # fmt: skip
+        rouge = ("ROUGE-L recall (rouge_score, Porter stemmer) of the greedy answer to the " + qtext +
+                 " against the reference answer, mean over {where} (TOFU's ROUGE).")  # fmt: skip
+        register_metric(f"forget{q}_acc", "logit", "oracle", acc.format(where="the forget set") + _FORGET_TAIL,
+                        "[0, 1]")  # fmt: skip
+        register_metric(f"{{set}}{q}_acc", "logit", "higher", acc.format(where="{set}") + _KEEP_TAIL + _SET_NOTE,
+                        "[0, 1]", keep)  # fmt: skip
+        register_metric(f"forget{q}_prob", "logit", "oracle",
+                        f"Mean over the forget set of {_PROB}, the question being the {qtext}.{_FORGET_TAIL}",
+                        "[0, 1]")  # fmt: skip
+        register_metric(f"{{set}}{q}_prob", "logit", "higher",
+                        f"Mean over {{set}} of {_PROB} ({_NORM_PROB} on world_facts / arithmetic / real_authors), "
+                        f"the question being the {qtext}.{_KEEP_TAIL}{_SET_NOTE}", "[0, 1]", keep)  # fmt: skip
+        register_metric(f"forget{q}_rougeL_recall", "logit", "oracle",
+                        rouge.format(where="the forget set") + _FORGET_TAIL, "[0, 1]")  # fmt: skip
+        register_metric(f"{{set}}{q}_rougeL_recall", "logit", "higher",
+                        rouge.format(where="{set}") + _KEEP_TAIL + _SET_NOTE, "[0, 1]", keep)  # fmt: skip
+    f1 = ("ROUGE-L F1 (rouge_score, Porter stemmer) of the greedy answer against the reference, mean over {where} "
+          "(MUSE's KnowMem/VerbMem flavour).")  # fmt: skip
+    register_metric("forget_rougeL_f1", "logit", "oracle", f1.format(where="the forget set") + _FORGET_TAIL,
+                    "[0, 1]")  # fmt: skip
+    register_metric("{set}_rougeL_f1", "logit", "higher", f1.format(where="{set}") + _KEEP_TAIL + _SET_NOTE,
+                    "[0, 1]", keep)  # fmt: skip
+    register_metric(
+        "forget_truth_ratio", "logit", "oracle",
+        "Truth-ratio score on the forget set: mean over examples of min(R, 1/R), R = exp(mean perturbed per-token "
+        "log-lik - paraphrased per-token log-lik) (TOFU's code: geometric mean over perturbed answers). Best when "
+        "closest to the retain-only oracle's value.", "[0, 1]",
+    )  # fmt: skip
+    register_metric(
+        "{set}_truth_ratio", "logit", "higher",
+        "Truth-ratio score on {set}: mean over examples of max(0, 1 - R), R = exp(mean perturbed per-token log-lik "
+        "- correct (paraphrased where available, the original answer on TOFU's utility sets) per-token log-lik) "
+        "(TOFU). Higher is better: correct answers preferred over perturbed ones." + _SET_NOTE, "[0, 1]", keep,
+    )  # fmt: skip
 
     register_metric(
         "forget_quality",

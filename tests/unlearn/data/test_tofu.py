@@ -13,18 +13,10 @@ from unlearn.data import tofu
 from unlearn.data.tofu import PERTURBED_CONFIGS, TOFU_CONFIGS, load_tofu, to_record
 from unlearn.errors import UnlearnError
 
-# TOFU's own utility files; the repo's shared/ copy if there is one, else the team's shared checkout.
-TOFU_DIR = next(
-    (
-        p
-        for p in (Path(__file__).resolve().parents[3] / "shared/data/tofu", Path("/work/shared/data/tofu"))
-        if p.is_dir()
-    ),
-    Path("/work/shared/data/tofu"),
-)
+# TOFU's own utility files, committed as test assets (MIT licence kept beside them).
+TOFU_DIR = Path(__file__).resolve().parents[2] / "assets" / "tofu"
 RA = TOFU_DIR / "real_authors_perturbed.json"
 WF = TOFU_DIR / "world_facts_perturbed.json"
-needs_tofu = pytest.mark.skipif(not RA.exists() or not WF.exists(), reason="TOFU reference files not present")
 
 
 def _copy(src: Path, tmp_path: Path) -> tuple[Path, list[str]]:
@@ -63,7 +55,6 @@ def test_configs_cover_every_tofu_split():
     assert set(PERTURBED_CONFIGS) == {c for c in expected if c.endswith("_perturbed")}
 
 
-@needs_tofu
 @pytest.mark.parametrize(
     ("path", "config", "n", "question", "answer", "perturbed"),
     [
@@ -102,7 +93,6 @@ def test_real_tofu_files_load(path, config, n, question, answer, perturbed):
         assert r["split"] == config and "entity" not in r
 
 
-@needs_tofu
 def test_json_list_form_same_records(tmp_path):
     objs = [json.loads(line) for line in RA.read_text(encoding="utf-8").splitlines()]
     as_list = tmp_path / "ra_list.json"
@@ -143,7 +133,6 @@ def test_plain_config_needs_only_question_answer(tmp_path):
     assert load_tofu("forget10", path) == [{"question": "Q?", "answer": "A.", "split": "forget10"}]
 
 
-@needs_tofu
 def test_malformed_line_reports_file_and_line(tmp_path):
     path, lines = _copy(WF, tmp_path)
     lines[4] = lines[4][:-5]  # truncate line 5
@@ -152,7 +141,6 @@ def test_malformed_line_reports_file_and_line(tmp_path):
         load_tofu("world_facts_perturbed", path)
 
 
-@needs_tofu
 @pytest.mark.parametrize("field", ["question", "answer", "perturbed_answer"])
 def test_missing_field_reports_file_line_and_field(tmp_path, field):
     path, lines = _copy(RA, tmp_path)
@@ -164,7 +152,6 @@ def test_missing_field_reports_file_line_and_field(tmp_path, field):
         load_tofu("real_authors_perturbed", path)
 
 
-@needs_tofu
 def test_perturbed_answer_as_string_rejected(tmp_path):
     path, lines = _copy(RA, tmp_path)
     obj = json.loads(lines[1])

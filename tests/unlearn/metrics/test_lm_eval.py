@@ -73,13 +73,14 @@ def test_builtin_metrics_are_registered():
 
 def test_run_lm_eval_on_target_and_oracle(micro_target, tmp_path, monkeypatch):
     """The target knows its forget set (high MC accuracy), the retain-only oracle does not; from a foreign CWD."""
+    from unlearn.data.benchmarks import DataFiles, load_sets
     from unlearn.metrics.lm_eval import run_lm_eval
-    from unlearn.runner import DataFiles, load_sets, load_target
     from unlearn.targets.llm import load_causal_lm
+    from unlearn.targets.resolve import load_target
 
     monkeypatch.chdir(tmp_path)  # lm-eval resolves relative data paths against the CWD: ours are absolute
     tgt = load_target("tiny-micro", "tinyfacts", "forget10", log=lambda *a: None)
-    sets, _, _ = load_sets("tinyfacts", "forget10", tgt, DataFiles())
+    sets, _, _ = load_sets("tinyfacts", "forget10", DataFiles(), tgt.build_cfg.data)
     tasks = ["tinyfacts_forget_mc", "tinyfacts_world_facts_mc"]
     m = run_lm_eval(tgt.model, tgt.tokenizer, tasks, sets=sets)
     assert set(m) == {f"lm_eval_{t}_{k}" for t in tasks for k in ("acc", "acc_norm")}

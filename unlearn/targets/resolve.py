@@ -1,0 +1,81 @@
+"""Resolve what a run or an evaluation judges: the model (alias, HF id or directory), its oracle, the original it
+is compared with, and the prompt format.
+
+* ``tiny`` / ``tiny-micro``: the embedded TinyFacts target of that preset (built or shipped), its retain-only
+  oracle of the split, and itself as the original;
+* an alias with a benchmark checkpoint (``--benchmark tofu``): open-unlearning's fine-tune, its ``_retainYY``
+  oracle and the ``_full`` checkpoint as the original;
+* anything else: that id or directory, with no known oracle or original unless the caller names one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from unlearn.config import ModelSpec, resolve_model
+from unlearn.errors import UnlearnError, unknown_name
+from unlearn.targets.build import BuildConfig, ensure_built, get_preset, model_dir
+from unlearn.targets.llm import PromptFormat, default_prompt_format, load_causal_lm, load_tokenizer
+
+EMBEDDED_PRESETS = {"tinyfacts": "default", "tinyfacts-micro": "micro"}
+
+
+@dataclass
+class Target:
+    spec: ModelSpec
+    model: object  # the loaded causal LM (None when only the paths were resolved)
+    tokenizer: object
+    fmt: PromptFormat | None
+    target_dir: str  # what was loaded (path or id)
+    oracle_dir: str | None  # retain-only oracle of the split, when known
+    original_dir: str | None = None  # the pre-unlearning model evaluators compare with
+    build_cfg: BuildConfig | None = None  # embedded only
+
+
+def embedded_cfg(spec: ModelSpec) -> BuildConfig:
+    if spec.embedded not in EMBEDDED_PRESETS:
+        raise unknown_name("embedded target", spec.embedded or "", EMBEDDED_PRESETS)
+    return get_preset(EMBEDDED_PRESETS[spec.embedded])
+
+
+def prompt_format(prompt: str | None, tok, embedded: bool, name: str) -> PromptFormat:
+    """``--prompt``: plain | chat | a template containing ``{question}``; default: chat when the tokenizer has a
+    chat template (instruct models), plain for the embedded target."""
+    if prompt == "plain":
+        return PromptFormat()
+    if prompt == "chat":
+        if not getattr(tok, "chat_template", None):
+            raise UnlearnError(f"{name}: the tokenizer has no chat template; use --prompt plain")
+        return PromptFormat(kind="chat")
+    if prompt:
+        if "{question}" not in prompt:
+            raise UnlearnError("--prompt must be plain, chat, or a template containing {question}")
+        return PromptFormat(kind="plain", template=prompt)
+    return PromptFormat() if embedded else default_prompt_format(tok)
+
+
+def resolve_paths(alias: str, benchmark: str, split: str, need_oracle: bool = True, log=print):
+    """(spec, target dir, oracle dir, original dir, build config) without loading weights (builds if needed)."""
+    spec = resolve_model(alias, benchmark, split)
+    if spec.embedded:
+        cfg = embedded_cfg(spec)
+        ensure_built(cfg, split if need_oracle else None, log=log)
+        tdir = str(model_dir(cfg, "target"))
+        return spec, tdir, str(model_dir(cfg, f"oracle_{split}")), tdir, cfg
+    original = spec.target if spec.oracle else None  # a benchmark checkpoint: the _full model is the original
+    return spec, spec.target, spec.oracle, original, None
+
+
+def load_target(
+    alias: str, benchmark: str, split: str, prompt: str | None = None, log=print, need_oracle: bool = True
+) -> Target:
+    """Load the model ``alias`` names (weights + tokenizer) and resolve its oracle, original and prompt format."""
+    spec, tdir, odir, orig, cfg = resolve_paths(alias, benchmark, split, need_oracle, log)
+    if cfg is not None and cfg.threads and not torch.cuda.is_available():
+        torch.set_num_threads(cfg.threads)  # tiny matrices: extra threads only thrash
+    tok = load_tokenizer(tdir)
+    model = load_causal_lm(tdir)
+    fmt = prompt_format(prompt, tok, bool(spec.embedded), alias)
+    return Target(spec, model, tok, fmt, tdir, odir, orig, cfg)
