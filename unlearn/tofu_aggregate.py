@@ -6,7 +6,7 @@ Input: TOFU's ``eval_log_aggregated.json`` (what locuslab/tofu's ``evaluate_util
 ``eval_real_world_wo_options.json``; under each, per-example values keyed by index: ``avg_gt_loss``,
 ``avg_paraphrased_loss``, ``average_perturb_loss`` (a list per example) and ``rougeL_recall``.
 
-The figures follow TOFU's ``aggregate_eval_stat.py`` (shared/spec/peers.md §2.1), computed with the suite's own
+The figures follow TOFU's ``aggregate_eval_stat.py`` (docs/conventions.md#tofu-metrics), computed with the suite's own
 metric functions (:mod:`unlearn.metrics.logit`), each log's average losses being per-token log-likelihoods
 ``-avg_loss`` with one "token":
 

@@ -1,9 +1,9 @@
 """Two processes (``accelerate launch --multi_gpu --num_processes 2``, gloo on CPU) give the same metrics as one
 process with the same global batch, to 1e-5 relative on every metric.
 
-Traps (style-and-stack.md B4): ``--cpu --num_processes 2`` silently runs ONE process, so the test asserts that the
-run really had world size 2; `unlearn.commands.run` destroys the process group at the end (else gloo runs abort at
-exit now and then).
+Traps (docs/conventions.md#multi-process): ``--cpu --num_processes 2`` silently runs ONE process, so the test
+asserts that the run really had world size 2; `unlearn.commands.run` destroys the process group at the end (else
+gloo runs abort at exit now and then).
 """
 
 from __future__ import annotations

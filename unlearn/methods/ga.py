@@ -2,7 +2,7 @@
 
 TOFU (Maini et al. 2024, https://arxiv.org/abs/2401.06121) and open-unlearning ``GradAscent``:
 ``L = -NLL_mean(forget batch)`` where ``NLL_mean`` is the token mean over every answer token of the batch
-(algorithms.md §1.1). Retain data is loaded by the loop but unused. With ``retain != none`` this is GradDiff;
+(docs/conventions.md#ga). Retain data is loaded by the loop but unused. With ``retain != none`` this is GradDiff;
 use ``--method graddiff`` for that.
 """
 

@@ -1,6 +1,6 @@
 """Gradient Difference (GradDiff): GA on the forget set plus a retain term.
 
-TOFU ``grad_diff`` / open-unlearning ``GradDiff`` (algorithms.md §1.1):
+TOFU ``grad_diff`` / open-unlearning ``GradDiff`` (docs/conventions.md#graddiff):
 ``L = forget_weight * (-NLL_mean(forget)) + retain_weight * R`` with R the retain NLL (default), or KL to the
 frozen pre-unlearning model (``retain=kl``; TOFU's "KL" method is ``retain=kl_unmasked``). Two separate forward
 passes, each with its own token mean. open-unlearning names the weights ``gamma`` (forget) and ``alpha``

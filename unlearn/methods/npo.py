@@ -1,7 +1,7 @@
 """NPO: Negative Preference Optimization (Zhang, Lin, Bai, Mei 2024, https://arxiv.org/abs/2404.05868).
 
 Per forget example the log-ratio ``r = log pi_theta(y|x) - log pi_ref(y|x)`` with *sequence-sum* log-probs over
-answer tokens, and (paper Eq. 3 = code on TOFU, algorithms.md §2.1)::
+answer tokens, and (paper Eq. 3 = code on TOFU; docs/conventions.md#npo)::
 
     L_NPO = -(2/beta) * mean_b log sigmoid(-beta * r_b)
 
@@ -10,7 +10,7 @@ theta = ref and falls to 0 as the forget likelihood drops. At theta = ref, ``L =
 The reference is the model *before* unlearning (never the oracle). Its forget log-probs do not change during
 training, so the loop computes them once and caches them (one forward pass per step saved).
 Default retain term: NLL with weight 1 (open-unlearning's NPO default, "NPO+RT"); ``retain=none`` is plain NPO.
-The MUSE code's raw-logit variant (algorithms.md §2.4) is deliberately not implemented.
+The MUSE code's raw-logit variant (docs/conventions.md#npo) is deliberately not implemented.
 """
 
 from __future__ import annotations

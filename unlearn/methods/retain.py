@@ -1,6 +1,6 @@
 """Retain-term variants shared by GradDiff, NPO and SimNPO: none, NLL, or KL to the frozen reference.
 
-``retain=nll``: token-mean NLL of the retain answers (TOFU's GradDiff / NPO+RT term, algorithms.md §1.1).
+``retain=nll``: token-mean NLL of the retain answers (TOFU's GradDiff / NPO+RT term; docs/conventions.md#retain-terms).
 ``retain=kl``: forward KL(p_ref || p_theta) at retain *answer* positions, token-mean (our default, masked).
 ``retain=kl_unmasked``: the reference implementations' term (TOFU, NPO repo, open-unlearning): the same KL
 averaged over all B*T positions including prompt and padding (``kl_div(..., reduction="batchmean")`` after

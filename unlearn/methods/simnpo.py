@@ -1,6 +1,6 @@
 """SimNPO (Fan et al. 2024, "Simplicity Prevails", https://arxiv.org/abs/2410.07163).
 
-Reference-free, length-normalised NPO (algorithms.md §3.1). Code form (Unlearn-Simple TOFU, open-unlearning)::
+Reference-free, length-normalised NPO (docs/conventions.md#simnpo). Code form (Unlearn-Simple TOFU, open-unlearning)::
 
     a_b = -log pi_theta(y_b|x_b) / |y_b| - margin
     L_f = -(2/beta) * mean_b log sigmoid(beta * a_b)

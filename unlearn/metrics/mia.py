@@ -1,6 +1,6 @@
 """Membership-inference metrics (family ``mia``): LOSS, zlib, Min-K% and Min-K%++ scores, ROC AUC and PrivLeak.
 
-Orientation (shared/spec/evaluators.md §0.3, §6): every score here is oriented so that a HIGHER score means
+Orientation (docs/conventions.md#mia): every score here is oriented so that a HIGHER score means
 "looks more like a member" (training data). open-unlearning and MUSE use the opposite sign (their scores are
 losses: higher = less member-like); each function says how it relates to theirs. AUCs are always
 ``AUC_conv`` = P(score of a random forget item > score of a random holdout item) (ties count 1/2): 0.5 = the

@@ -1,4 +1,4 @@
-"""GA loss: token mean over the batch's answer tokens (algorithms.md §1.1, §8)."""
+"""GA loss: token mean over the batch's answer tokens (docs/conventions.md#reductions)."""
 
 import math
 

@@ -1,4 +1,4 @@
-"""GradDiff: GA on the forget set + retain term, composed by the thin step (algorithms.md §1.1)."""
+"""GradDiff: GA on the forget set + retain term, composed by the thin step (docs/conventions.md#graddiff)."""
 
 import math
 

@@ -1,4 +1,4 @@
-"""NPO loss pinned to hand-worked numbers (algorithms.md §2.1, §8)."""
+"""NPO loss pinned to hand-worked numbers (docs/conventions.md#npo)."""
 
 import math
 

@@ -1,4 +1,4 @@
-"""Retain-term variants: none, NLL, KL (masked), KL unmasked (algorithms.md §1.1, §2.2, §8)."""
+"""Retain-term variants: none, NLL, KL (masked), KL unmasked (docs/conventions.md#retain-terms)."""
 
 import math
 

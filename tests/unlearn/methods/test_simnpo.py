@@ -1,4 +1,4 @@
-"""SimNPO loss pinned to hand-worked numbers (algorithms.md §3.1, §8)."""
+"""SimNPO loss pinned to hand-worked numbers (docs/conventions.md#simnpo)."""
 
 import math
 

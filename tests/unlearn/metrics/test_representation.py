@@ -1,4 +1,4 @@
-"""Linear CKA: the sanity properties of evaluators.md §2.4 against independent computations."""
+"""Linear CKA: the sanity properties of docs/conventions.md#cka against independent computations."""
 
 import pytest
 import torch
