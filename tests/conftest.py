@@ -36,3 +36,48 @@ def micro_target(unlearn_home):
     build_tinyfacts("micro", oracles=("forget10",), progress=False, log=lambda *a: None)
     torch.set_num_threads(threads)
     return target_root(get_preset("micro"))
+
+
+def _make_tiny_target():
+    """Tokenizer + a 2-layer, 32-wide Llama trained a few seconds on the micro TinyFacts set (1 thread, seeded)."""
+    import dataclasses
+
+    from unlearn.data.tinyfacts import generate
+    from unlearn.targets.build import get_preset, train_qa_model, train_tokenizer
+
+    micro = get_preset("micro")
+    splits = generate(micro.data)
+    tok = train_tokenizer(splits, micro.vocab_size)
+    cfg = dataclasses.replace(
+        micro, hidden_size=32, intermediate_size=64, num_layers=2, num_heads=2, epochs=30, batch_size=16, lr=1e-2
+    )
+    model, _ = train_qa_model(cfg, tok, splits["full"], progress=False)
+    return tok, model, splits
+
+
+@pytest.fixture(scope="session")
+def tiny():
+    """(tokenizer, model, splits): one tiny trained Llama for the whole session (tests deep-copy before training)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny matrices: more threads only contend
+    try:
+        tok, model, splits = _make_tiny_target()
+    finally:
+        torch.set_num_threads(threads)
+    return tok, model, splits
+
+
+@pytest.fixture(scope="session")
+def tiny_target_dir(tiny, tmp_path_factory):
+    """The session's tiny model saved as a model directory, with forget / retain / holdout JSONL files."""
+    from unlearn.store import atomic_write_jsonl
+    from unlearn.targets.llm import save_model
+
+    tok, model, splits = tiny
+    root = tmp_path_factory.mktemp("tiny_target")
+    save_model(model, tok, root / "model")
+    for name, split in (("forget", "forget10"), ("retain", "retain90"), ("holdout", "holdout10")):
+        atomic_write_jsonl(root / f"{name}.jsonl", splits[split])
+    return root

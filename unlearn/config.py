@@ -31,7 +31,7 @@ class LoraConfig:
 class TrainConfig:
     """Optimisation settings shared by every gradient method.
 
-    Defaults are the TOFU / open-unlearning reference settings for 1-8B models (algorithms.md §1.2, §2.3):
+    Defaults are the TOFU / open-unlearning reference settings for 1-8B models (docs/conventions.md#training-defaults):
     lr 1e-5, 10 epochs, effective batch 32, 1 warm-up epoch then linear decay, AdamW with weight decay 0.01.
     The embedded target has its own preset (``EMBEDDED_TRAIN``) because those settings barely move a
     0.8M-parameter model.

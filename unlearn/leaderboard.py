@@ -24,7 +24,10 @@ import re
 from pathlib import Path
 
 from unlearn.errors import UnlearnError
-from unlearn.store import read_json, read_status
+from unlearn.metrics import all_metrics
+from unlearn.runner import compare_table
+from unlearn.store import atomic_write_text, read_json, read_status
+from unlearn.workflow import read_resolved
 
 KEYS = ["benchmark", "model", "method", "split"]
 # the markdown's columns, when present (every metric is in the CSVs)
@@ -58,14 +61,12 @@ def _identity(rdir: Path, runs: Path) -> dict:
     parts = rdir.relative_to(runs).parts
     ident = dict(zip(KEYS, (["?"] * 4 + list(parts[:-1]))[-4:]))
     ident["seed"] = int(rdir.name[4:])
-    cfg_p = rdir / "config.json"
-    if cfg_p.exists():
-        try:
-            cfg = read_json(cfg_p)
-            ident.update({k: str(cfg[k]) for k in KEYS if k in cfg})
-            ident["seed"] = int(cfg.get("seed", ident["seed"]))
-        except (ValueError, OSError):
-            pass  # a torn config: the path still names the run
+    cfg = read_resolved(rdir)  # the lifecycle's ``resolved`` part, or a pre-lifecycle flat config read whole
+    if cfg:
+        ident.update({k: str(cfg[k]) for k in KEYS if k in cfg})
+        if "split" not in cfg and "concept" in cfg:  # erase runs: the concept plays the split's role
+            ident["split"] = str(cfg["concept"])
+        ident["seed"] = int(cfg.get("seed", ident["seed"]))
     return ident
 
 
@@ -152,8 +153,6 @@ def compute_references(runs: str | Path, log=print) -> list[dict]:
     `unlearn.runner.compare_table` reads the run's config, and evaluates the target / oracle when their cached
     evaluation is missing. A group whose references cannot be computed is logged and left out of the plot.
     """
-    from unlearn.runner import compare_table
-
     runs = Path(runs)
     by_group: dict[tuple, Path] = {}
     for rdir in find_run_dirs(runs):
@@ -208,8 +207,6 @@ def _fmt(v) -> str:
 
 def markdown(summary, refs: list[dict], incomplete: list[dict], command: str | None = None) -> str:
     """The headline table (mean ± std over seeds, arrows = better direction), the references and incomplete runs."""
-    from unlearn.metrics import all_metrics
-
     reg = all_metrics()
     present = {c[: -len("_mean")] for c in summary.columns if c.endswith("_mean")}
     cols = [c for c in HEADLINE if c in present]
@@ -354,8 +351,6 @@ def plot(summary, refs: list[dict], path: Path) -> None:
 
 
 def _write_csv(df, path: Path) -> None:
-    from unlearn.store import atomic_write_text
-
     atomic_write_text(path, df.to_csv(index=False, float_format="%.6g"))
 
 
@@ -405,8 +400,6 @@ def write_leaderboard(
     _write_csv(summary, paths["summary"])
     _write_csv(refs_df, paths["references"])
     _write_csv(inc_df, paths["incomplete"])
-    from unlearn.store import atomic_write_text
-
     atomic_write_text(paths["md"], markdown(summary, references, incomplete, command))
     plot(summary, references, paths["png"])
     return paths

@@ -307,10 +307,11 @@ def run_loop(
         except NonFiniteError as e:
             core.zero_grad()
             fail(str(e), step)
+        lr = core.sched.get_last_lr()[0]  # the rate this step applies (read before the scheduler moves on)
         core.step()
         n_tok_total += int(res.get("tokens", 0))
         dt = time.time() - t0
-        last = {"step": step + 1, "epoch": round((step + 1) / spe, 3), "lr": core.sched.get_last_lr()[0],
+        last = {"step": step + 1, "epoch": round((step + 1) / spe, 3), "lr": lr,
                 "tokens_per_s": res.get("tokens", 0) / max(dt, 1e-9), **res}  # fmt: skip
         if rdir and main:
             append_jsonl(Path(rdir) / "trace.jsonl", last)

@@ -92,6 +92,8 @@ def _oracle_eval(oracle_dir: str | None, tok, fmt, sets, ecfg) -> dict | None:
 # ----------------------------------------------------------------------------------------------- run
 def run(a: RunArgs, log=print, accelerator=None) -> Path:
     """Unlearn, evaluate, write the run directory; returns it."""
+    if a.force and a.reuse:  # before anything is resolved or built
+        raise UnlearnError("--force and --reuse contradict each other; pass one")
     check_split(a.benchmark, a.split)
     check_suite(a.suite)
     spec0 = resolve_model(a.model, a.benchmark, a.split)
@@ -182,6 +184,8 @@ class EvalArgs:
 
 def evaluate_checkpoint(a: EvalArgs, log=print, accelerator=None) -> tuple[dict, dict | None, Path | None]:
     """Evaluate any LLM checkpoint; returns (metrics, oracle evaluation or None, run dir or None)."""
+    if a.force and a.reuse:
+        raise UnlearnError("--force and --reuse contradict each other; pass one")
     check_split(a.benchmark, a.split)
     check_suite(a.suite)
     main = accelerator is None or accelerator.is_main_process

@@ -1,6 +1,6 @@
 """Run directories and atomic writes.
 
-Layout (DESIGN.md): ``runs/<benchmark>/<model>/<method>/<split or concept>/seed<k>/`` holding config.json,
+Layout (docs/runs.md): ``runs/<benchmark>/<model>/<method>/<split or concept>/seed<k>/`` holding config.json,
 metrics.json, examples.jsonl, trace.jsonl and optionally checkpoint/. Every file is written to a temporary
 file in the same folder and renamed into place, so a killed process never leaves half a file behind.
 A run is *finished* when metrics.json exists; ``status.json`` records running / failed states.

@@ -8,7 +8,6 @@ gloo runs abort at exit now and then).
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import os
@@ -17,42 +16,13 @@ import subprocess
 import sys
 
 import pytest
-import torch
 
 TIMING = {"cost_seconds", "cost_train_seconds"}  # wall-clock, not results
 
 
-# Copied from tests/unlearn/test_train.py::make_tiny_target
-def make_tiny_target():
-    """Tokenizer + a 2-layer, 32-wide Llama trained a few seconds on the micro TinyFacts set (1 thread, seeded)."""
-    from unlearn.data.tinyfacts import generate
-    from unlearn.targets.build import get_preset, train_qa_model, train_tokenizer
-
-    micro = get_preset("micro")
-    splits = generate(micro.data)
-    tok = train_tokenizer(splits, micro.vocab_size)
-    cfg = dataclasses.replace(
-        micro, hidden_size=32, intermediate_size=64, num_layers=2, num_heads=2, epochs=30, batch_size=16, lr=1e-2
-    )
-    model, _ = train_qa_model(cfg, tok, splits["full"], progress=False)
-    return tok, model, splits
-
-
-@pytest.fixture(scope="module")
-def target_dir(tmp_path_factory):
-    """The tiny target saved as a model directory, with forget / retain / holdout JSONL files."""
-    from unlearn.store import atomic_write_jsonl
-    from unlearn.targets.llm import save_model
-
-    root = tmp_path_factory.mktemp("tiny_target")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    tok, model, splits = make_tiny_target()
-    torch.set_num_threads(threads)
-    save_model(model, tok, root / "model")
-    for name, split in (("forget", "forget10"), ("retain", "retain90"), ("holdout", "holdout10")):
-        atomic_write_jsonl(root / f"{name}.jsonl", splits[split])
-    return root
+@pytest.fixture
+def target_dir(tiny_target_dir):
+    return tiny_target_dir  # the session's tiny model (tests/conftest.py)
 
 
 def _free_port() -> int:

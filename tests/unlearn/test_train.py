@@ -18,30 +18,6 @@ from unlearn.targets.llm import PromptFormat, collate, encode_qa, sequence_logps
 from unlearn.train import setup, train_step, unlearn_model
 
 
-def make_tiny_target():
-    """Tokenizer + a 2-layer, 32-wide Llama trained a few seconds on the micro TinyFacts set (1 thread, seeded)."""
-    from unlearn.data.tinyfacts import generate
-    from unlearn.targets.build import get_preset, train_qa_model, train_tokenizer
-
-    micro = get_preset("micro")
-    splits = generate(micro.data)
-    tok = train_tokenizer(splits, micro.vocab_size)
-    cfg = dataclasses.replace(
-        micro, hidden_size=32, intermediate_size=64, num_layers=2, num_heads=2, epochs=30, batch_size=16, lr=1e-2
-    )
-    model, _ = train_qa_model(cfg, tok, splits["full"], progress=False)
-    return tok, model, splits
-
-
-@pytest.fixture(scope="module")
-def tiny():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny matrices: more threads only contend
-    tok, model, splits = make_tiny_target()
-    yield tok, model, splits
-    torch.set_num_threads(threads)
-
-
 def mean_logp(model, tok, records) -> float:
     """Token-mean answer log-prob of ``records``."""
     b = collate([encode_qa(tok, PromptFormat(), r["question"], r["answer"]) for r in records], tok.pad_token_id)

@@ -356,6 +356,10 @@ def test_checkpoint_then_resume_gives_identical_weights(tmp_path):
         return [(r["step"], r["loss"], r["lr"]) for r in rows if "loss" in r]
 
     ta, tb = trace(tmp_path / "a"), trace(tmp_path / "b")
+    # the trace records the rate each step applied: warm-up 1/4, 2/4, 3/4 then linear decay 3/3, 2/3, 1/3 (x lr)
+    f = lr_lambda(tcfg, 3, 6)
+    assert [lr for _, _, lr in ta] == pytest.approx([1e-2 * f(s) for s in range(6)], rel=1e-12)
+    assert ta[0][2] == pytest.approx(1e-2 / 4) and ta[-1][2] > 0
     assert [s for s, _, _ in tb] == list(range(1, 7))
     for (sa_, la, lra), (sb_, lb, lrb) in zip(ta, tb):
         assert sa_ == sb_ and la == pytest.approx(lb, rel=1e-6) and lra == pytest.approx(lrb, rel=1e-9)

@@ -26,8 +26,10 @@ import json
 import random
 from pathlib import Path
 
+from unlearn.data.benchmarks import DataFiles, load_sets
 from unlearn.errors import UnlearnError
 from unlearn.metrics import register_metric
+from unlearn.store import atomic_write_jsonl, atomic_write_text, unlearn_home
 
 # built-in task -> the evaluation set it is made from
 BUILTIN_TASKS = {
@@ -112,14 +114,7 @@ def mc_docs(records: list[dict]) -> list[dict]:
 
 def default_sets() -> dict[str, list[dict]]:
     """The TinyFacts default sets (forget10, the retain evaluation entities, world facts, arithmetic), generated."""
-    from unlearn.data.tinyfacts import generate
-    from unlearn.targets.build import get_preset
-
-    cfg = get_preset("default").data
-    s = generate(cfg)
-    ents = list(dict.fromkeys(r["entity"] for r in s["retain90"]))[: max(1, round(cfg.n_entities * 0.1))]
-    retain = [r for r in s["retain90"] if r["entity"] in set(ents)]
-    return {"forget": s["forget10"], "retain": retain, "world_facts": s["world_facts"], "arithmetic": s["arithmetic"]}
+    return load_sets("tinyfacts", "forget10", DataFiles())[0]
 
 
 def write_builtin_tasks(tasks: list[str], sets: dict[str, list[dict]], root: Path | None = None) -> Path:
@@ -130,8 +125,6 @@ def write_builtin_tasks(tasks: list[str], sets: dict[str, list[dict]], root: Pat
         data always map to the same folder, so concurrent runs never overwrite each other's files.
     """
     import yaml
-
-    from unlearn.store import atomic_write_jsonl, atomic_write_text
 
     if not (TASK_DIR / TEMPLATE).exists():
         raise UnlearnError(f"lm-eval task YAMLs not found in {TASK_DIR} (run from a source checkout of unlearn)")
@@ -144,8 +137,6 @@ def write_builtin_tasks(tasks: list[str], sets: dict[str, list[dict]], root: Pat
         if not docs[t]:
             raise UnlearnError(f"lm-eval task {t}: no record of the {name!r} set has perturbed answers")
     if root is None:
-        from unlearn.store import unlearn_home
-
         root = unlearn_home() / "lm_eval_tasks"
     d = Path(root) / hashlib.sha256(json.dumps(docs, sort_keys=True).encode()).hexdigest()[:16]
     atomic_write_text(d / TEMPLATE, (TASK_DIR / TEMPLATE).read_text())
@@ -210,7 +201,7 @@ def _run(model, tokenizer, tasks, sets, batch_size, limit) -> dict[str, float]:
     from lm_eval.models.huggingface import HFLM
     from lm_eval.tasks import TaskManager
 
-    from unlearn.targets.llm import _unwrap
+    from unlearn.targets.llm import _unwrap  # heavy (torch, transformers): the registry import stays light
 
     builtin = [t for t in tasks if t in BUILTIN_TASKS]
     other = [t for t in tasks if t not in BUILTIN_TASKS]

@@ -1,4 +1,4 @@
-"""Representation similarity: linear CKA, exact and streaming (evaluators.md §2.4).
+"""Representation similarity: linear CKA, exact and streaming (docs/conventions.md#cka).
 
 Model-agnostic: the functions take feature matrices X (n, p), Y (n, q) of two models on the same n inputs
 (UNet activations of an original vs an edited diffusion model; LLM hidden states of an unlearned model vs the

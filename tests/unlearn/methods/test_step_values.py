@@ -1,4 +1,4 @@
-"""Every LLM method's ``step(ctx, batch, cfg)`` pinned to hand-worked numbers (algorithms.md §1.1, §2.1, §3.1, §8).
+"""Every LLM method's ``step(ctx, batch, cfg)`` pinned to hand-worked numbers (docs/conventions.md#ga, #npo, #simnpo).
 
 The fake context's counts all differ, so a wrong normaliser changes the number: this micro-batch holds 2 forget and
 2 retain sequences with 1 + 3 = 4 forget and 2 + 5 = 7 retain answer tokens, while the *global* step (``ctx.norm``)
