@@ -73,12 +73,18 @@ def register_metric(
     return info
 
 
+_LOADED: list[bool] = []
+
+
 def _load_all() -> None:
-    """Import every family module so that its registrations run (cheap: they import no heavy libraries)."""
+    """Import every family module once so that its registrations run (cheap: they import no heavy libraries)."""
+    if _LOADED:
+        return
     import unlearn.metrics as pkg
 
     for m in pkgutil.iter_modules(pkg.__path__):
         importlib.import_module(f"unlearn.metrics.{m.name}")
+    _LOADED.append(True)
 
 
 def lookup(key: str) -> MetricInfo | None:
