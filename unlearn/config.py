@@ -10,11 +10,12 @@ Every command that takes ``--set`` also takes ``--config FILE.yaml`` (read with 
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, get_args, get_origin
+from typing import Any, ClassVar, Literal, get_args, get_origin
 
 from unlearn.errors import UnlearnError, unknown_name
 
@@ -51,6 +52,13 @@ class TrainConfig:
     checkpoint_every: int = 0  # save a resumable checkpoint every N steps (0: only at the end of training)
     eval_every: int = 0  # run the basic evaluation every N steps (0: only at the end)
     lora: LoraConfig = field(default_factory=LoraConfig)
+
+    # the values `--set` accepts (checked by set_field; every float must also be finite unless "inf ok")
+    RANGES: ClassVar[dict[str, str]] = {
+        "lr": "> 0", "epochs": "> 0", "batch_size": ">= 1", "micro_batch_size": ">= 0", "warmup_epochs": ">= 0",
+        "weight_decay": ">= 0", "max_grad_norm": ">= 0", "max_length": ">= 2", "checkpoint_every": ">= 0",
+        "eval_every": ">= 0",
+    }  # fmt: skip
 
 
 # The embedded TinyFacts target (0.8M parameters): the 1-8B reference settings (lr 1e-5) do not move it.
@@ -192,7 +200,45 @@ def set_field(obj, dotted: str, value: str, key: str | None = None) -> None:
         return
     if dataclasses.is_dataclass(getattr(obj, head)):
         raise UnlearnError(f"--set {key}: {head!r} is a group; set one of its keys, e.g. {head}.<key>=...")
-    setattr(obj, head, _convert(value, types_[head], key))
+    v = _convert(value, types_[head], key)
+    check_range(obj, head, v, f"--set {key}={value}")
+    setattr(obj, head, v)
+
+
+_OPS = {">": lambda a, b: a > b, ">=": lambda a, b: a >= b, "<": lambda a, b: a < b, "<=": lambda a, b: a <= b}
+
+
+def check_range(obj, name: str, v: Any, what: str) -> None:
+    """Check ``v`` against ``type(obj).RANGES[name]`` ("> 0", ">= 1", "in [0, 1]", "inf ok; > 0"); floats must be
+    finite unless their range says ``inf ok``. Raises UnlearnError naming ``what``."""
+    spec = getattr(type(obj), "RANGES", {}).get(name, "")
+    vals = v if isinstance(v, (list, tuple)) else [v]
+    for x in vals:
+        if isinstance(x, bool) or not isinstance(x, (int, float)):
+            continue
+        if isinstance(x, float) and math.isnan(x):
+            raise UnlearnError(f"{what}: must be a number, not nan")
+        if isinstance(x, float) and math.isinf(x) and "inf ok" not in spec:
+            raise UnlearnError(f"{what}: must be finite")
+        for part in (p.strip() for p in spec.split(";")):
+            if part.startswith("in ["):
+                lo, hi = (float(t) for t in part[4:].rstrip("]").split(","))
+                if not lo <= x <= hi:
+                    raise UnlearnError(f"{what}: must be {part}")
+            elif part and part != "inf ok":
+                op, bound = part.split()
+                if not _OPS[op](x, float(bound)):
+                    raise UnlearnError(f"{what}: must be {part}")
+
+
+def check_ranges(obj) -> None:
+    """Check every field of a (nested) config dataclass against its ranges (the defaults and presets too)."""
+    for f in dataclasses.fields(obj):
+        v = getattr(obj, f.name)
+        if dataclasses.is_dataclass(v):
+            check_ranges(v)
+        else:
+            check_range(obj, f.name, v, f"{type(obj).__name__}.{f.name}={v!r}")
 
 
 def parse_overrides(items: list[str] | None) -> list[tuple[str, str]]:

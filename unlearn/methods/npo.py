@@ -16,7 +16,7 @@ The MUSE code's raw-logit variant (docs/conventions.md#npo) is deliberately not 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -31,6 +31,8 @@ class NPOConfig:
     forget_weight: float = 1.0  # weight on the NPO term (open-unlearning gamma)
     retain_weight: float = 1.0  # weight on the retain term (open-unlearning alpha)
     retain: Literal["none", "nll", "kl", "kl_unmasked"] = "nll"  # retain-term variant
+
+    RANGES: ClassVar[dict[str, str]] = {"beta": "> 0", "forget_weight": ">= 0", "retain_weight": ">= 0"}
 
 
 def npo_loss(logp: torch.Tensor, ref_logp: torch.Tensor, beta: float, n_seqs: float | None = None) -> torch.Tensor:

@@ -16,7 +16,7 @@ the forget10 setting, as open-unlearning's default does.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -38,6 +38,8 @@ class SimNPOConfig:
     retain_weight: float = 1.0  # weight on the retain term (grad_diff_coeff)
     margin: float = 0.0  # code-form margin g = paper gamma / beta
     retain: Literal["none", "nll", "kl", "kl_unmasked"] = "nll"  # retain-term variant
+
+    RANGES: ClassVar[dict[str, str]] = {"beta": "> 0", "forget_weight": ">= 0", "retain_weight": ">= 0"}
 
 
 def simnpo_loss(
