@@ -125,7 +125,12 @@ def test_eval_and_list(capsys, micro_target, tmp_path):
     rc, _, err = _run(["eval", "--model", "tiny-micro", "--suite", "basic", "--out", str(tmp_path / "e")], capsys)
     assert rc == 2 and "already finished" in err and "--force" in err and "--reuse" in err
     assert not check_keys(m) and "model" not in m  # identification lives in config.json
-    for what, word in (("methods", "npo"), ("metrics", "forget_quality"), ("models", "llama-1b")):
+    rc, out, _ = _run(["eval", "--model", "tiny-micro", "--suite", "full", "--out", str(tmp_path / "f")], capsys)
+    full = json.loads((tmp_path / "f" / "metrics.json").read_text())
+    assert rc == 0 and {"forget_quality", "privleak", "mia_min_k_auc", "model_utility"} <= set(full)
+    assert not check_keys(full) and all(k in out for k in full if k != "schema_version")  # the table shows all
+    for what, word in (("methods", "npo"), ("metrics", "forget_quality"), ("models", "llama-1b"),
+                       ("benchmarks", "tinyshapes")):  # fmt: skip
         rc, out, _ = _run(["list", what], capsys)
         assert rc == 0 and word in out
 
