@@ -4,7 +4,7 @@ Weights do not matter for timing, so the 32 matrices get SD 1.4's shapes (d_out 
 random values; text embeddings are random too (1 erased prompt: its tail rows; 100 preserved prompts x 77 rows).
 Compares a naive per-matrix solve (Gram matrices and inverse rebuilt for each of the 32 matrices, as the
 reference scripts loop) with unlearn.methods.uce (Gram + one solve shared, then one matmul per matrix), and
-times one RECE round (adversarial embedding + edit). Sampling and CLIP encoding are not included (§5.7).
+times one RECE round (adversarial embedding + edit). Sampling and CLIP encoding are not included.
 
     PYTHONPATH=. python benchmarks/speed/uce_edit.py [--device cuda] [--full-unet] [--threads 2]
 
@@ -19,8 +19,9 @@ import time
 
 import torch
 
-from unlearn.methods.rece import adversarial_embedding, adversarial_embedding_gram
+from unlearn.methods.rece import adversarial_embedding_gram
 from unlearn.methods.uce import uce_closed_form, uce_edit_
+from unlearn.targets.diffusion import adversarial_embedding, cross_attention_kv
 
 SD14_ATTN2_WIDTHS = [320, 320, 640, 640, 1280, 1280, 1280, 1280, 1280, 1280, 640, 640, 640, 320, 320, 320]  # 16 blocks
 
@@ -37,8 +38,6 @@ def sd14_unet():
 
 def layers(device, full_unet: bool):
     if full_unet:
-        from unlearn.targets.diffusion import cross_attention_kv
-
         with torch.device(device):
             unet = sd14_unet()
         return [m for _, m in cross_attention_kv(unet)]

@@ -1,9 +1,9 @@
 """TinyShapes: synthetic images of coloured shapes on plain backgrounds, with captions.
 
-The embedded diffusion target (DESIGN.md) is trained on this generator, and so is the shape/colour classifier
-that scores erasure (the NudeNet / ViT-classifier role). Everything is a pure function of a seed: a batch is
-``sample_batch(cfg, rng)`` with ``rng = np.random.default_rng([seed, step])``, so training is resumable at any
-step and two machines draw the same images.
+The embedded diffusion target (unlearn/targets/tinyshapes_build.py) is trained on this generator, and so is the
+shape/colour classifier that scores erasure (the NudeNet / ViT-classifier role). Everything is a pure function of a
+seed: a batch is ``sample_batch(cfg, rng)`` with ``rng = np.random.default_rng([seed, step])``, so training is
+resumable at any step and two machines draw the same images.
 
 Concepts that can be erased: a shape (``circle``), a colour (``red``) or a background (``black``). Every
 shape and colour also has a synonym (``disc`` for ``circle``) that the model learns from 25 % of the captions,
@@ -21,6 +21,8 @@ from unlearn.errors import unknown_name
 SHAPES = ("circle", "square", "triangle", "cross")
 COLOURS = {"red": (0.9, 0.1, 0.1), "green": (0.1, 0.8, 0.2), "blue": (0.15, 0.25, 0.95), "yellow": (0.95, 0.85, 0.1)}
 BACKGROUNDS = {"black": (0.05, 0.05, 0.05), "white": (0.95, 0.95, 0.95), "gray": (0.5, 0.5, 0.5)}
+# the three label domains, each with its labels in classifier-head order (a prompt row carries one label per domain)
+LABELS = {"shape": SHAPES, "colour": tuple(COLOURS), "background": tuple(BACKGROUNDS)}
 SYNONYMS = {
     "circle": "disc", "square": "box", "triangle": "wedge", "cross": "plus",
     "red": "crimson", "green": "emerald", "blue": "azure", "yellow": "golden",

@@ -1,6 +1,6 @@
 """RECE: Reliable and Efficient Concept Erasure (Gong et al., ECCV 2024, https://arxiv.org/abs/2407.12383).
 
-Starting from a UCE-erased UNet, each round (algorithms.md §5.3-5.5):
+Starting from a UCE-erased UNet, each round:
 
 1. finds, in closed form, the text embedding c' that makes the *edited* cross-attention K/V layers W_l reproduce
    what the *original* layers W⁰_l computed for the erased concept's embedding c (all T token rows):
@@ -11,18 +11,23 @@ Starting from a UCE-erased UNet, each round (algorithms.md §5.3-5.5):
 2. erases c' with the UCE ``replace`` edit on the *current* weights: targets W_cur g (guide rows, all T),
    preserve rows with their current values, anchor λ W_cur (λ = 0.1, ρ = 0.1, η = 1 in the released scripts).
 
-``adversarial_embedding`` is also the closed-form attack that metrics/diffusion.py runs against any erased model.
+Step 1's closed form, `unlearn.targets.diffusion.adversarial_embedding`, is shared with the erasure metrics, which
+run it as an attack against any edited model; here the rounds use its O(d³) form `adversarial_embedding_gram`.
+Registered as the closed-form diffusion edit ``rece``: ``apply(target, erase, cfg, preserve, on_round=None)``.
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import torch
 
+from unlearn.methods import register_edit
 from unlearn.methods.uce import UCEConfig, uce_edit_
 from unlearn.methods.uce import apply as uce_apply
+from unlearn.targets.diffusion import adversarial_embedding, cross_attention_kv, encode_prompts
 
 
 @dataclass
@@ -33,20 +38,12 @@ class RECEConfig:
     preserve_scale: float = 0.1  # ρ of the RECE edit (README "λ2")
     erase_scale: float = 1.0  # η
     guide: str = ""  # guide concept, as in UCE
+    preserve: list[str] | None = None  # None: the caller's preserve set; used by the UCE start and every round
     uce: UCEConfig = field(default_factory=UCEConfig)  # the UCE edit RECE starts from
 
-
-def adversarial_embedding(W: list[torch.Tensor], W0: list[torch.Tensor], C: torch.Tensor, reg: float) -> torch.Tensor:
-    """Closed-form c' for every row of C (T, d): returns C' (T, d) = C Mᵀ, M = (λ_r I + ΣWᵀW)⁻¹ ΣWᵀW⁰ (fp64 inside)."""
-    d = C.shape[-1]
-    gram = torch.zeros(d, d, dtype=torch.float64, device=C.device)  # Σ_l W_lᵀ W_l   (d, d)
-    cross = torch.zeros_like(gram)  # Σ_l W_lᵀ W⁰_l  (d, d)
-    for w, w0 in zip(W, W0):
-        w, w0 = w.double(), w0.double()
-        gram += w.T @ w
-        cross += w.T @ w0
-    M = torch.linalg.solve(reg * torch.eye(d, dtype=torch.float64, device=C.device) + gram, cross)  # (d, d)
-    return (C.double() @ M.T).to(C.dtype)
+    RANGES: ClassVar[dict[str, str]] = {
+        "rounds": ">= 0", "reg": "> 0", "lamb": "> 0", "preserve_scale": ">= 0", "erase_scale": ">= 0",
+    }  # fmt: skip
 
 
 def adversarial_embedding_gram(G0: torch.Tensor, T: torch.Tensor, C: torch.Tensor, reg: float) -> torch.Tensor:
@@ -58,30 +55,26 @@ def adversarial_embedding_gram(G0: torch.Tensor, T: torch.Tensor, C: torch.Tenso
     return (C.double() @ M.T).to(C.dtype)
 
 
-def kv_weights(unet) -> list[torch.Tensor]:
-    from unlearn.targets.diffusion import cross_attention_kv
-
-    return [m.weight.detach().clone() for _, m in cross_attention_kv(unet)]
-
-
-def apply(target, concepts: list[str], cfg: RECEConfig, preserve: list[str], on_round=None) -> dict:
-    """UCE, then ``cfg.rounds`` RECE rounds, in place. ``on_round(k, info)`` is called after each round
-    (round 0 = UCE) so a workflow can evaluate every round; the edit time excludes it."""
-    from unlearn.targets.diffusion import cross_attention_kv, encode_prompts
-
+@register_edit("rece", RECEConfig, "Reliable and Efficient Concept Erasure: UCE + closed-form adversarial rounds "
+               "(Gong 2024)")  # fmt: skip
+def apply(target, erase: list[str], cfg: RECEConfig, preserve: list[str], on_round=None) -> dict:
+    """UCE, then ``cfg.rounds`` RECE rounds, in place, keeping ``preserve`` (``cfg.preserve`` replaces it when set).
+    ``on_round(k, info)`` is called after each round (round 0 = UCE) so a workflow can evaluate every round; the
+    edit time excludes it."""
+    preserve = cfg.preserve if cfg.preserve is not None else preserve
     layers = [m for _, m in cross_attention_kv(target.unet)]
     t0 = time.perf_counter()
     W_all = torch.cat([m.weight.detach() for m in layers])  # (Σ d_out, d)
     G0 = (W_all.T @ W_all).double()  # Σ W⁰ᵀW⁰ (d, d), formed once
     del W_all
     edit_s = time.perf_counter() - t0
-    info = {"uce": uce_apply(target, concepts, cfg.uce, preserve)}
+    info = {"uce": uce_apply(target, erase, cfg.uce, preserve)}
     T = info["uce"].pop("transform")  # W_now = W⁰ T: tracked instead of re-reading 32 matrices each round
     edit_s += info["uce"]["edit_seconds"]
     if on_round is not None:
         on_round(0, info)
-    C = encode_prompts(target, concepts)  # (k, T, d): all T rows of each erased concept
-    guide = encode_prompts(target, [cfg.guide])[0].repeat(len(concepts), 1)  # (k*T, d) aligned with the c' rows
+    C = encode_prompts(target, erase)  # (k, T, d): all T rows of each erased prompt
+    guide = encode_prompts(target, [cfg.guide])[0].repeat(len(erase), 1)  # (k*T, d) aligned with the c' rows
     C_p = encode_prompts(target, list(dict.fromkeys(["", *preserve]))).flatten(0, 1)  # (|P|*T, d) preserve rows
     info["rounds"] = []
     for r in range(1, cfg.rounds + 1):
@@ -95,3 +88,7 @@ def apply(target, concepts: list[str], cfg: RECEConfig, preserve: list[str], on_
             on_round(r, info)
     info["edit_seconds"] = edit_s
     return info
+
+
+# adversarial_embedding is re-exported: the general (any W, W⁰) form next to the fast one used by the rounds
+__all__ = ["RECEConfig", "apply", "adversarial_embedding", "adversarial_embedding_gram"]

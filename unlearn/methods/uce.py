@@ -1,6 +1,8 @@
 """UCE: Unified Concept Editing (Gandikota et al., WACV 2024, https://arxiv.org/abs/2308.14761).
 
-Closed-form edit of every cross-attention key/value projection W (d_out, d) of the UNet (algorithms.md §5.2):
+Closed-form edit of every cross-attention key/value projection W (d_out, d) of the UNet: with erased rows c_i
+(targets v*_i), preserved rows c_j and the anchor λ to the old weights, the minimiser of
+η Σ_E ‖W c_i − v*_i‖² + ρ Σ_P ‖W c_j − W_old c_j‖² + λ ‖W − W_old‖² is
 
     W_new = (λ W_old + η Σ_E v*_i c_iᵀ + ρ Σ_P W_old c_j c_jᵀ) (λ I + η Σ_E c_i c_iᵀ + ρ Σ_P c_j c_jᵀ)⁻¹  (Eq. 3, code)
 
@@ -12,17 +14,21 @@ Cholesky solve and one rank-n_e update per layer — not 32 inversions (benchmar
 Token rows (the c's): ``tail`` = old UCE (``train-scripts/train_erase.py``): the last concept token through the
 end of the sequence, concept and guide trimmed to equal length; ``last`` = new UCE: the last subject token only;
 ``all`` = every row. Preserve prompts contribute all rows (``last``: the last token). Defaults are old UCE's.
+
+Registered as the closed-form diffusion edit ``uce``: ``apply(target, erase, cfg, preserve, on_round=None)``.
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 
 from unlearn.errors import UnlearnError
+from unlearn.methods import register_edit
+from unlearn.targets.diffusion import cross_attention_kv, encode_prompts
 
 
 @dataclass
@@ -32,7 +38,10 @@ class UCEConfig:
     lamb: float = 0.5  # λ: Tikhonov anchor to W_old (old UCE hard-codes 0.5)
     guide: str = ""  # guide concept: '' = unconditional (nudity / objects), "art" for artists
     tokens: Literal["tail", "last", "all"] = "tail"  # which token rows of a concept prompt are edited
-    preserve: list[str] | None = field(default=None)  # None: the target's default preserve set (TinyShapes: others)
+    preserve: list[str] | None = field(default=None)  # None: the caller's preserve set (TinyShapes: the other words)
+
+    # λ > 0 keeps the d x d system positive definite (the Cholesky solve in uce_lowrank)
+    RANGES: ClassVar[dict[str, str]] = {"erase_scale": ">= 0", "preserve_scale": ">= 0", "lamb": "> 0"}
 
 
 def uce_closed_form(W: torch.Tensor, C_e, V_e, C_p, lamb: float, eta: float, rho: float) -> torch.Tensor:
@@ -89,8 +98,6 @@ def uce_edit_(layers: list[torch.nn.Linear], C_e, C_g, C_p, lamb: float, eta: fl
 @torch.no_grad()
 def token_rows(target, prompt: str, rule: str) -> tuple[torch.Tensor, int]:
     """(rows (k, d), index of the last subject token) of one prompt's text embedding under ``rule``."""
-    from unlearn.targets.diffusion import encode_prompts
-
     tok = target.tokenizer
     n = int(tok([prompt], padding="max_length", max_length=tok.model_max_length, truncation=True,
                 return_tensors="pt").attention_mask[0].sum())  # fmt: skip
@@ -129,14 +136,14 @@ def edit_rows(target, concepts: list[str], guide: str, preserve: list[str], rule
     return torch.cat(ce), torch.cat(cg), C_p
 
 
-def apply(target, concepts: list[str], cfg: UCEConfig, preserve: list[str]) -> dict:
-    """Erase ``concepts`` from ``target.unet`` in place; returns timing and the scales used."""
-    from unlearn.targets.diffusion import cross_attention_kv
-
+@register_edit("uce", UCEConfig, "Unified Concept Editing: closed-form cross-attention K/V edit (Gandikota 2024)")
+def apply(target, erase: list[str], cfg: UCEConfig, preserve: list[str], on_round=None) -> dict:
+    """Erase the prompts ``erase`` from ``target.unet`` in place, keeping ``preserve`` (``cfg.preserve`` replaces it
+    when set); returns timing and the scales used. UCE has no rounds: ``on_round`` is accepted and never called."""
     t0 = time.perf_counter()
-    P = list(dict.fromkeys(["", *preserve]))  # old UCE always preserves '' as well
+    P = list(dict.fromkeys(["", *(cfg.preserve if cfg.preserve is not None else preserve)]))  # '' always in P
     rho = cfg.preserve_scale if cfg.preserve_scale is not None else max(0.1, 1 / len(P))
-    C_e, C_g, C_p = edit_rows(target, concepts, cfg.guide, P, cfg.tokens)
+    C_e, C_g, C_p = edit_rows(target, erase, cfg.guide, P, cfg.tokens)
     t1 = time.perf_counter()
     T = uce_edit_([m for _, m in cross_attention_kv(target.unet)], C_e, C_g, C_p, cfg.lamb, cfg.erase_scale, rho)
     t2 = time.perf_counter()

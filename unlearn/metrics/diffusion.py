@@ -13,16 +13,24 @@ For an erased concept k of kind (domain) D:
   layers — images drawn from c' and read as k. Needs only the two checkpoints, not how the edit was made.
 
 Rates are computed from per-example rows (examples.jsonl), so the leaderboard can recompute or bootstrap them.
+`evaluate_diffusion` judges any checkpoint against its original (the erase workflow and ``unlearn eval`` call it):
+sampling goes through `unlearn.targets.diffusion`, the adversarial embedding is that module's closed form.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, ClassVar
 
+from unlearn.data.tinyshapes import LABELS, concept_kind, eval_prompts
+from unlearn.errors import UnlearnError
 from unlearn.metrics import register_metric
+from unlearn.metrics.representation import linear_cka
 
 if TYPE_CHECKING:
     import torch
+
+    from unlearn.targets.diffusion import DiffusionTarget
 
 _R = "[0, 1]"
 register_metric("erasure_rate", "diffusion", "higher", "share of images for the erased concept's prompts not "
@@ -39,15 +47,30 @@ register_metric("paraphrase_attack_success", "diffusion", "lower", "share of syn
                 "the erased concept whose image is classified as it", _R)  # fmt: skip
 register_metric("adversarial_attack_success", "diffusion", "lower", "share of images from closed-form "
                 "adversarial embeddings (RECE Eq. 8 as an attack) classified as the erased concept", _R)  # fmt: skip
+DOMAINS = tuple(LABELS)  # shape, colour, background
+register_metric("{domain}_acc", "diffusion", "higher", "share of evaluation-grid images whose {domain} the classifier "
+                "reads as the prompted one (the TinyShapes quality bar)", _R, values={"domain": DOMAINS})  # fmt: skip
+# written by the erase workflow (unlearn/erase.py) from the method's info, next to the metrics computed here
 register_metric("edit_seconds", "diffusion", "lower", "wall time of the edit itself (no sampling, no "
                 "evaluation)", "[0, inf)")  # fmt: skip
 
-DOMAINS = ("shape", "colour", "background")
+
+@dataclass
+class DiffusionEvalConfig:
+    seed: int = 0  # sampling noise (image i's initial noise depends on (seed, i) only: paired across models)
+    images_per_prompt: int = 2  # evaluation images per (shape, colour, background) prompt
+    sample_steps: int = 20  # DDIM steps
+    guidance: float = 1.5  # classifier-free guidance scale (the TinyShapes quality bar is measured at 1.5)
+    attack_reg: float = 1e-3  # λ of the closed-form adversarial-embedding attack
+
+    RANGES: ClassVar[dict[str, str]] = {
+        "images_per_prompt": ">= 1", "sample_steps": ">= 1", "guidance": ">= 0", "attack_reg": "> 0",
+    }  # fmt: skip
 
 
 def classify(classifier, images: torch.Tensor, names: dict[str, list[str]]) -> list[dict]:
     """Readings of images (n, 3, H, W) in [0, 1]: one {domain: label} per image; ``names`` maps head -> labels."""
-    import torch
+    import torch  # heavy: as in adversarial_attack
 
     with torch.no_grad():
         out = classifier(images)
@@ -93,26 +116,11 @@ def erasure_metrics(examples: list[dict], concept: str, domain: str) -> dict[str
     return m
 
 
-# Copied from unlearn.methods.rece.adversarial_embedding (metrics never import methods; keep identical but for
-# the lazy torch import: metric modules import no heavy library at load time)
-def adversarial_embedding(W: list[torch.Tensor], W0: list[torch.Tensor], C: torch.Tensor, reg: float) -> torch.Tensor:
-    """Closed-form c' for every row of C (T, d): returns C' (T, d) = C Mᵀ, M = (λ_r I + ΣWᵀW)⁻¹ ΣWᵀW⁰ (fp64 inside)."""
-    import torch
-
-    d = C.shape[-1]
-    gram = torch.zeros(d, d, dtype=torch.float64, device=C.device)  # Σ_l W_lᵀ W_l   (d, d)
-    cross = torch.zeros_like(gram)  # Σ_l W_lᵀ W⁰_l  (d, d)
-    for w, w0 in zip(W, W0):
-        w, w0 = w.double(), w0.double()
-        gram += w.T @ w
-        cross += w.T @ w0
-    M = torch.linalg.solve(reg * torch.eye(d, dtype=torch.float64, device=C.device) + gram, cross)  # (d, d)
-    return (C.double() @ M.T).to(C.dtype)
-
-
 def adversarial_attack(W: list[torch.Tensor], W0: list[torch.Tensor], cond: torch.Tensor, reg: float = 1e-3):
     """Attack embeddings (n, T, d) for prompt embeddings ``cond`` (n, T, d) against the edited layers W."""
-    import torch
+    import torch  # heavy: metric modules load with the registry (`unlearn list metrics`), torch only on use
+
+    from unlearn.targets.diffusion import adversarial_embedding  # imports torch: as above
 
     return torch.stack([adversarial_embedding(W, W0, c, reg) for c in cond])
 
@@ -122,7 +130,7 @@ def unet_activations(unet, cond: torch.Tensor, seed: int = 0, timestep: int = 50
 
     Input noise depends only on (seed, i), so two models see identical x_t and the comparison is paired.
     """
-    import torch
+    import torch  # heavy: as in adversarial_attack
 
     feats = []
     mod = dict(unet.named_modules())[module]
@@ -138,3 +146,54 @@ def unet_activations(unet, cond: torch.Tensor, seed: int = 0, timestep: int = 50
     finally:
         handle.remove()
     return feats[0].double().cpu()
+
+
+def prompt_sets(concept: str, images_per_prompt: int) -> dict[str, list[dict]]:
+    """The evaluation rows: ``eval`` (the full grid, ``images_per_prompt`` each), ``paraphrase`` (synonym /
+    reordered prompts of ``concept``, one each) and ``forget`` (the eval rows that contain ``concept``)."""
+    ev = [dict(r, set="eval") for r in eval_prompts() for _ in range(images_per_prompt)]
+    para = [dict(r, set="paraphrase") for r in eval_prompts(concept, paraphrase=True)]
+    return {"eval": ev, "paraphrase": para, "forget": [r for r in ev if concept in r.values()]}
+
+
+def evaluate_diffusion(
+    target: DiffusionTarget, original: DiffusionTarget, concept: str, cfg: DiffusionEvalConfig
+) -> tuple[dict[str, float], list[dict]]:
+    """Every erasure metric of ``target`` for ``concept``, judged against ``original`` (the model before the edit:
+    its cross-attention layers for the adversarial attack, its UNet for CKA); returns (metrics, examples).
+
+    Needs only the two checkpoints, not how the edit was made; ``target`` must carry a concept classifier
+    (TinyShapes pipelines ship one). Images of the eval grid, the paraphrases and the adversarial embeddings of the
+    forget prompts are drawn with the same seeded noise, read by the classifier and scored per example.
+    """
+    from unlearn.targets.diffusion import encode_prompts, kv_weights, sample  # heavy (torch): as above
+
+    domain = concept_kind(concept)
+    if target.classifier is None:
+        raise UnlearnError(f"{target.path}: erasure metrics need a concept classifier (TinyShapes pipelines "
+                           "ship one)")  # fmt: skip
+    W, W0 = kv_weights(target.unet), kv_weights(original.unet)
+    if [w.shape for w in W] != [w.shape for w in W0]:
+        raise UnlearnError(f"{original.path} is not the original of {target.path}: their cross-attention layers "
+                           "differ in number or shape")  # fmt: skip
+    sets = prompt_sets(concept, cfg.images_per_prompt)
+    kw = dict(seed=cfg.seed, steps=cfg.sample_steps, guidance=cfg.guidance)
+    examples = []
+    cond_f = encode_prompts(target, [r["prompt"] for r in sets["forget"]])  # (n_f, T, d)
+    adv = adversarial_attack(W, W0, cond_f, cfg.attack_reg)  # (n_f, T, d)
+    jobs = [
+        (sets["eval"], None),
+        (sets["paraphrase"], None),
+        ([dict(r, set="adversarial") for r in sets["forget"]], adv),
+    ]
+    for rows, cond in jobs:
+        cond = encode_prompts(target, [r["prompt"] for r in rows]) if cond is None else cond
+        imgs = sample(target, cond, **kw)  # (n, 3, H, W) in [0, 1]
+        examples += score(rows, classify(target.classifier, imgs, LABELS))
+    metrics = erasure_metrics(examples, concept, domain)
+    cond_r = encode_prompts(target, [r["prompt"] for r in sets["eval"] if concept not in r.values()])
+    for key, cond in (("cka_forget", cond_f), ("cka_retain", cond_r)):  # registered in metrics/representation.py
+        metrics[key] = linear_cka(
+            unet_activations(original.unet, cond, cfg.seed), unet_activations(target.unet, cond, cfg.seed)
+        )
+    return metrics, examples

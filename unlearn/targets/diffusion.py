@@ -3,21 +3,30 @@
 A target is a diffusers-format pipeline directory, read component by component (no ``DiffusionPipeline``, no
 remote code, safetensors only): ``unet/``, ``text_encoder/`` (CLIP), ``tokenizer/``, ``scheduler/`` and, for
 latent models such as SD 1.x/2.x, ``vae/``. The embedded TinyShapes target denoises RGB pixels directly (no
-``vae/``) and ships a ``classifier/``. The sampling loop is written out (diffusers' "expose the loop"): DDIM
-with classifier-free guidance, seeded per call, so erased and original models draw from identical noise.
+``vae/``) and ships a ``classifier/`` and ``tinyshapes.json``; its names (``EMBEDDED``) are resolved to a directory
+by `unlearn.targets.tinyshapes_build.resolve`, which builds on this module (not the reverse). The sampling loop is
+written out (diffusers' "expose the loop"): DDIM with classifier-free guidance, seeded per call, so erased and
+original models draw from identical noise.
+
+The closed-form adversarial embedding (RECE's Eq. 8) lives here too: it is a property of a pair of cross-attention
+layer sets, used by RECE (methods/) to edit and by the erasure metrics (metrics/) to attack any edited model.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from tqdm.auto import tqdm
 
 from unlearn.errors import UnlearnError
+from unlearn.store import atomic_write_json
+from unlearn.targets.shape_classifier import load_classifier, save_classifier
 
-EMBEDDED = {"tinyshapes": "default", "tinyshapes-micro": "micro"}  # name -> build preset
+EMBEDDED = {"tinyshapes": "default", "tinyshapes-micro": "micro"}  # name -> TinyShapes build preset
 REQUIRED = ("unet", "text_encoder", "tokenizer", "scheduler")
 
 
@@ -30,23 +39,23 @@ class DiffusionTarget:
     vae: torch.nn.Module | None = None  # None: the UNet works in pixel space ([-1, 1] RGB)
     classifier: torch.nn.Module | None = None  # TinyShapes only: shape / colour / background heads
     path: Path | None = None
-    meta: dict = field(default_factory=dict)  # tinyshapes.json of an embedded build (config, quality report)
+    meta: dict = field(default_factory=dict)  # tinyshapes.json of a TinyShapes pipeline (config, quality report)
 
 
-def resolve(name_or_dir: str | Path) -> Path:
-    """``tinyshapes`` -> the committed asset or the cached build; anything else must be a pipeline directory."""
-    if str(name_or_dir) in EMBEDDED:
-        from unlearn.targets.tinyshapes_build import find_built
+def target_kind(path: str | Path) -> str:
+    """``tinyshapes`` for a TinyShapes pipeline (embedded, rebuilt or edited: it has ``tinyshapes.json``), ``sd``
+    for any other diffusers directory. Run paths are keyed by it."""
+    return "tinyshapes" if (Path(path) / "tinyshapes.json").exists() else "sd"
 
-        preset = EMBEDDED[str(name_or_dir)]
-        p = find_built(preset)
-        if p is None:
-            raise UnlearnError(f"{name_or_dir} is not built; run `unlearn build tinyshapes --preset {preset}`")
-        return p
-    p = Path(name_or_dir).expanduser()
+
+def pipeline_dir(path: str | Path) -> Path:
+    """``path`` as a diffusers pipeline directory (one-line errors when it is not one)."""
+    p = Path(path).expanduser()
+    if str(path) in EMBEDDED and not p.is_dir():  # a caller's slip, not the user's: say where names resolve
+        raise UnlearnError(f"{path} is an embedded name: resolve it with unlearn.targets.tinyshapes_build.resolve")
     if not p.is_dir():
         raise UnlearnError(
-            f"model {str(name_or_dir)!r} is neither an embedded target ({', '.join(EMBEDDED)}) nor a local "
+            f"model {str(path)!r} is neither an embedded target ({', '.join(EMBEDDED)}) nor a local "
             "diffusers pipeline directory (Stable Diffusion weights must be downloaded beforehand)"
         )
     missing = [c for c in REQUIRED if not (p / c).is_dir()]
@@ -55,12 +64,16 @@ def resolve(name_or_dir: str | Path) -> Path:
     return p
 
 
-def load_target(name_or_dir: str | Path, device: str = "cpu") -> DiffusionTarget:
-    """Load a pipeline directory (or an embedded name) for editing and sampling, weights from safetensors only."""
+def load_target(path: str | Path, device: str = "cpu") -> DiffusionTarget:
+    """Load a pipeline directory for editing and sampling, weights from safetensors only.
+
+    Embedded names (``tinyshapes``) go through `unlearn.targets.tinyshapes_build.resolve` first.
+    """
+    # heavy (diffusers ~2 s, transformers' CLIP): imported only when a pipeline is loaded
     from diffusers import UNet2DConditionModel
     from transformers import AutoTokenizer, CLIPTextModel
 
-    p = resolve(name_or_dir)
+    p = pipeline_dir(path)
     try:
         unet = UNet2DConditionModel.from_pretrained(p / "unet", use_safetensors=True)
         te = CLIPTextModel.from_pretrained(p / "text_encoder", use_safetensors=True)
@@ -75,27 +88,78 @@ def load_target(name_or_dir: str | Path, device: str = "cpu") -> DiffusionTarget
         )
     vae = None
     if (p / "vae").is_dir():
-        from diffusers import AutoencoderKL
+        from diffusers import AutoencoderKL  # heavy, as above
 
         vae = AutoencoderKL.from_pretrained(p / "vae", use_safetensors=True).to(device).eval()
     clf, meta = None, {}
     if (p / "tinyshapes.json").exists():
-        from unlearn.targets.shape_classifier import load_classifier
-
         meta = json.loads((p / "tinyshapes.json").read_text())
         clf = load_classifier(p / "classifier").to(device)
     return DiffusionTarget(unet.to(device).eval(), te.to(device).eval(), tok, sched, vae, clf, p, meta)
 
 
+def save_target(target: DiffusionTarget, path: str | Path, meta: dict | None = None) -> Path:
+    """Write ``target`` as a pipeline directory that `load_target` reads back bit for bit (safetensors only).
+
+    Every component is written from memory (an edit may have changed any of them); ``model_index.json`` (what marks
+    a directory as a diffusion pipeline) is the source's, or a minimal one. ``meta`` (default: ``target.meta``)
+    becomes ``tinyshapes.json`` when the target has a classifier. Written to ``path.tmp`` first, then renamed.
+    """
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    target.unet.save_pretrained(tmp / "unet", safe_serialization=True)
+    target.text_encoder.save_pretrained(tmp / "text_encoder", safe_serialization=True)
+    target.tokenizer.save_pretrained(tmp / "tokenizer")
+    atomic_write_json(tmp / "scheduler" / "scheduler_config.json", target.scheduler_config)
+    if target.vae is not None:
+        target.vae.save_pretrained(tmp / "vae", safe_serialization=True)
+    src = Path(target.path) / "model_index.json" if target.path is not None else None
+    if src is not None and src.exists():
+        shutil.copy2(src, tmp / "model_index.json")
+    else:
+        index = {"unet": ["diffusers", "UNet2DConditionModel"], "text_encoder": ["transformers", "CLIPTextModel"],
+                 "scheduler": ["diffusers", target.scheduler_config.get("_class_name", "DDPMScheduler")]}  # fmt: skip
+        atomic_write_json(tmp / "model_index.json", index)
+    if target.classifier is not None:
+        save_classifier(target.classifier, tmp / "classifier")
+        atomic_write_json(tmp / "tinyshapes.json", target.meta if meta is None else meta)
+    shutil.rmtree(path, ignore_errors=True)
+    tmp.replace(path)
+    return path
+
+
 def cross_attention_kv(unet: torch.nn.Module) -> list[tuple[str, torch.nn.Linear]]:
     """Every cross-attention key/value projection (``...attn2.to_k`` / ``attn2.to_v``), in module order.
 
-    SD 1.4: 16 attn2 blocks -> 32 Linear layers, weight (d_out, 768), no bias (algorithms.md §5.1).
+    SD 1.4: 16 attn2 blocks -> 32 Linear layers, weight (d_out, 768), no bias; TinyShapes: 14, weight (d_out, 64).
     """
     layers = [(n, m) for n, m in unet.named_modules() if n.endswith(("attn2.to_k", "attn2.to_v"))]
     if not layers:
         raise UnlearnError("the UNet has no cross-attention (attn2.to_k / attn2.to_v) layers to edit")
     return layers
+
+
+def kv_weights(unet: torch.nn.Module) -> list[torch.Tensor]:
+    """Copies of every cross-attention K/V weight (d_out, d), in `cross_attention_kv` order."""
+    return [m.weight.detach().clone() for _, m in cross_attention_kv(unet)]
+
+
+def adversarial_embedding(W: list[torch.Tensor], W0: list[torch.Tensor], C: torch.Tensor, reg: float) -> torch.Tensor:
+    """RECE's closed-form c' (Gong et al. 2024, https://arxiv.org/abs/2407.12383, Eq. 8) for every row of C (T, d).
+
+    c' = argmin Σ_l ‖W_l c' − W⁰_l c‖² + λ_r ‖c'‖²: the embedding that makes the edited layers W_l reproduce what
+    the original layers W⁰_l computed for c. Returns C' (T, d) = C Mᵀ, M = (λ_r I + ΣWᵀW)⁻¹ ΣWᵀW⁰ (fp64 inside).
+    """
+    d = C.shape[-1]
+    gram = torch.zeros(d, d, dtype=torch.float64, device=C.device)  # Σ_l W_lᵀ W_l   (d, d)
+    cross = torch.zeros_like(gram)  # Σ_l W_lᵀ W⁰_l  (d, d)
+    for w, w0 in zip(W, W0):
+        w, w0 = w.double(), w0.double()
+        gram += w.T @ w
+        cross += w.T @ w0
+    M = torch.linalg.solve(reg * torch.eye(d, dtype=torch.float64, device=C.device) + gram, cross)  # (d, d)
+    return (C.double() @ M.T).to(C.dtype)
 
 
 @torch.no_grad()
@@ -108,7 +172,7 @@ def encode_prompts(target: DiffusionTarget, prompts: list[str]) -> torch.Tensor:
 
 
 def _scheduler(cfg: dict):
-    from diffusers import DDIMScheduler
+    from diffusers import DDIMScheduler  # heavy (diffusers), as in load_target
 
     keep = {k: v for k, v in cfg.items() if not k.startswith("_")}
     # "trailing": the first step is t = T-1, where x_T really is pure noise. DDPM's default "leading" starts at
@@ -135,8 +199,6 @@ def sample(
     from the same noise — the erased-vs-original comparison is paired. ``latents=True`` returns the denoised
     model-space samples (latents for a VAE model, [-1, 1] pixels otherwise), e.g. as training pairs.
     """
-    from tqdm.auto import tqdm
-
     unet, dev = target.unet, cond.device
     uncond = encode_prompts(target, [""])  # (1, T, d)
     ch, size = unet.config.in_channels, unet.config.sample_size
@@ -165,7 +227,7 @@ def sample(
 
 def save_grid(images: torch.Tensor, path: str | Path, nrow: int, scale: int = 4, labels: list[str] | None = None):
     """Save (n, 3, H, W) images in [0, 1] as one PNG grid, upscaled ``scale``x (nearest), optional row labels."""
-    import matplotlib
+    import matplotlib  # heavy and optional: only for the PNG grid
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

@@ -9,17 +9,16 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
+from safetensors.torch import load_file, save_file
 from torch import nn
+from tqdm.auto import tqdm
 
-from unlearn.data.tinyshapes import BACKGROUNDS, COLOURS, SHAPES, sample_batch
+from unlearn.data.tinyshapes import BACKGROUNDS, COLOURS, SHAPES, TinyShapesConfig, sample_batch
 from unlearn.errors import UnlearnError
-
-if TYPE_CHECKING:
-    from unlearn.targets.tinyshapes_build import ShapesBuildConfig
+from unlearn.store import atomic_write_json
 
 
 class ShapeClassifier(nn.Module):
@@ -41,9 +40,14 @@ class ShapeClassifier(nn.Module):
         return {k: head(h) for k, head in self.heads.items()}
 
 
-def load_classifier(path: Path) -> ShapeClassifier:
-    from safetensors.torch import load_file
+def save_classifier(clf: ShapeClassifier, path: Path) -> None:
+    """``path/config.json`` (image_size, width) + ``path/model.safetensors``."""
+    Path(path).mkdir(parents=True, exist_ok=True)
+    save_file(clf.state_dict(), str(Path(path) / "model.safetensors"))
+    atomic_write_json(Path(path) / "config.json", {"image_size": clf.image_size, "width": clf.width})
 
+
+def load_classifier(path: Path) -> ShapeClassifier:
     conf = json.loads((path / "config.json").read_text())
     clf = ShapeClassifier(conf["image_size"], conf["width"])
     try:
@@ -53,15 +57,14 @@ def load_classifier(path: Path) -> ShapeClassifier:
     return clf.eval()
 
 
-def train_classifier(cfg: ShapesBuildConfig, progress: bool = True) -> ShapeClassifier:
-    """Trained on generator images with Gaussian pixel noise (robust to the denoiser's residual noise)."""
-    from tqdm.auto import tqdm
-
-    torch.manual_seed(cfg.seed + 1)
-    clf = ShapeClassifier(cfg.data.image_size)
+def train_classifier(data: TinyShapesConfig, steps: int, seed: int, progress: bool = True) -> ShapeClassifier:
+    """``steps`` AdamW steps of 128 generator images (seeded by ``seed``) with Gaussian pixel noise, so the
+    classifier is robust to the denoiser's residual noise."""
+    torch.manual_seed(seed + 1)
+    clf = ShapeClassifier(data.image_size)
     opt = torch.optim.AdamW(clf.parameters(), lr=2e-3)
-    for s in tqdm(range(cfg.clf_steps), desc="classifier", disable=not progress, leave=False):
-        imgs, _, y = sample_batch(cfg.data, np.random.default_rng([cfg.seed, 10**6 + s]), 128)
+    for s in tqdm(range(steps), desc="classifier", disable=not progress, leave=False):
+        imgs, _, y = sample_batch(data, np.random.default_rng([seed, 10**6 + s]), 128)
         x = (torch.from_numpy(imgs) + 1) / 2
         x = (x + torch.rand(len(x), 1, 1, 1) * 0.15 * torch.randn_like(x)).clamp(0, 1)
         out = clf(x)

@@ -1,4 +1,4 @@
-"""Build and cache the embedded TinyShapes text-to-image target and its shape/colour classifier.
+"""Build, cache and find the embedded TinyShapes text-to-image target and its shape/colour classifier.
 
 Recipe (chosen for 2 CPU cores, see benchmarks/results/tinyshapes_erasure.md): 16x16 RGB pixel-space diffusion,
 a diffusers ``UNet2DConditionModel`` (cross-attention at 8x8 and 4x4) conditioned on a 2-layer CLIP text encoder
@@ -8,7 +8,8 @@ high-noise steps and the model ignored colour words), EMA weights, 10 % empty ca
 guidance. Every batch is a pure function of (seed, step), and a checkpoint (model, EMA, AdamW state) is written
 every ``ckpt_every`` steps, so a killed build resumes where it stopped and ends with the same weights. The
 finished pipeline is a diffusers-format directory (safetensors) plus ``tinyshapes.json`` (recipe, digest,
-quality report) and ``classifier/``.
+quality report) and ``classifier/``. `resolve` maps an embedded name (``tinyshapes``, ``tinyshapes-micro``) to
+its finished pipeline directory (any other argument must be a diffusers directory).
 """
 
 from __future__ import annotations
@@ -23,19 +24,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
 
-from unlearn.data.tinyshapes import (
-    BACKGROUNDS,
-    COLOURS,
-    SHAPES,
-    TinyShapesConfig,
-    eval_prompts,
-    sample_batch,
-    vocabulary,
-)
-from unlearn.errors import unknown_name
+from unlearn.data.tinyshapes import LABELS, TinyShapesConfig, eval_prompts, sample_batch, vocabulary
+from unlearn.errors import UnlearnError, unknown_name
 from unlearn.store import atomic_write_json, unlearn_home
-from unlearn.targets.shape_classifier import ShapeClassifier, load_classifier, train_classifier  # noqa: F401
+from unlearn.targets.diffusion import EMBEDDED, DiffusionTarget, encode_prompts, pipeline_dir, sample
+from unlearn.targets.shape_classifier import ShapeClassifier, save_classifier, train_classifier
 
 ASSET_DIR = Path(__file__).resolve().parent.parent / "assets" / "tinyshapes"
 
@@ -102,9 +99,22 @@ def find_built(preset: str = "default") -> Path | None:
     return None
 
 
+def resolve(name_or_dir: str | Path) -> Path:
+    """``tinyshapes`` / ``tinyshapes-micro`` -> the finished pipeline of that preset (`find_built`); anything else
+    must be a diffusers pipeline directory."""
+    if str(name_or_dir) in EMBEDDED:
+        preset = EMBEDDED[str(name_or_dir)]
+        p = find_built(preset)
+        if p is None:
+            raise UnlearnError(f"{name_or_dir} is not built; run `unlearn build tinyshapes --preset {preset}`")
+        return p
+    return pipeline_dir(name_or_dir)
+
+
 # ----------------------------------------------------------------------------------------------- components
 def make_tokenizer(max_tokens: int):
     """Word-level tokenizer over the caption vocabulary: '[BOS] w1 .. wk [EOS] [PAD]..' (a CLIP-like layout)."""
+    # heavy (tokenizers / transformers / diffusers, ~3 s together): imported when a target is built, not on import
     from tokenizers import Tokenizer, models, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
 
@@ -121,7 +131,7 @@ def make_tokenizer(max_tokens: int):
 
 
 def make_models(cfg: ShapesBuildConfig):
-    from diffusers import DDPMScheduler, UNet2DConditionModel
+    from diffusers import DDPMScheduler, UNet2DConditionModel  # heavy, as in make_tokenizer
     from transformers import CLIPTextConfig, CLIPTextModel
 
     torch.manual_seed(cfg.seed)
@@ -143,8 +153,6 @@ def make_models(cfg: ShapesBuildConfig):
 
 def random_target(preset: str = "micro"):
     """An untrained pipeline of ``preset`` in memory (tests, timing): real architecture, random weights."""
-    from unlearn.targets.diffusion import DiffusionTarget
-
     cfg = get_preset(preset)
     unet, te, sched = make_models(cfg)
     clf = ShapeClassifier(cfg.data.image_size)
@@ -153,8 +161,6 @@ def random_target(preset: str = "micro"):
 
 # ----------------------------------------------------------------------------------------------- training
 def _save_ckpt(path: Path, step: int, models: dict, ema: dict, opt) -> None:
-    from safetensors.torch import save_file
-
     flat = {f"{k}.{n}": p.detach().contiguous() for k, m in models.items() for n, p in m.state_dict().items()}
     flat |= {f"ema.{n}": t.contiguous() for n, t in ema.items()}
     for i, st in opt.state_dict()["state"].items():
@@ -165,9 +171,6 @@ def _save_ckpt(path: Path, step: int, models: dict, ema: dict, opt) -> None:
 
 
 def _load_ckpt(path: Path, models: dict, ema: dict, opt) -> int:
-    from safetensors import safe_open
-    from safetensors.torch import load_file
-
     flat = load_file(str(path))
     for k, m in models.items():
         m.load_state_dict({n[len(k) + 1 :]: t for n, t in flat.items() if n.startswith(f"{k}.")})
@@ -185,8 +188,6 @@ def _load_ckpt(path: Path, models: dict, ema: dict, opt) -> int:
 
 def train(cfg: ShapesBuildConfig, work: Path, progress: bool = True, log=print):
     """Train UNet + text encoder jointly; returns them with EMA weights loaded. Resumes from work/ckpt."""
-    from tqdm.auto import tqdm
-
     unet, te, sched = make_models(cfg)
     tok = make_tokenizer(cfg.max_tokens)
     models = {"unet": unet, "te": te}
@@ -239,14 +240,12 @@ def train(cfg: ShapesBuildConfig, work: Path, progress: bool = True, log=print):
 @torch.no_grad()
 def quality_report(target, cfg: ShapesBuildConfig, progress: bool = True) -> dict:
     """Share of samples the classifier reads as the prompted shape / colour / background (the quality bar)."""
-    from unlearn.targets.diffusion import encode_prompts, sample
-
     rows = [r for r in eval_prompts() for _ in range(cfg.eval_per_prompt)]
     imgs = sample(target, encode_prompts(target, [r["prompt"] for r in rows]), seed=cfg.seed + 7,
                   steps=cfg.eval_steps, guidance=cfg.guidance, progress=progress)  # fmt: skip
     out = target.classifier(imgs)
     rep = {"n_images": len(rows)}
-    for key, names in (("shape", SHAPES), ("colour", list(COLOURS)), ("background", list(BACKGROUNDS))):
+    for key, names in LABELS.items():
         want = torch.tensor([names.index(r[key]) for r in rows])
         rep[f"{key}_acc"] = (out[key].argmax(-1) == want).float().mean().item()
     return rep
@@ -254,10 +253,6 @@ def quality_report(target, cfg: ShapesBuildConfig, progress: bool = True) -> dic
 
 def build_tinyshapes(preset: str = "default", force: bool = False, progress: bool = True, log=print) -> Path:
     """Build (or find) the TinyShapes pipeline of ``preset``; returns its directory. Resumable, cached by digest."""
-    from safetensors.torch import save_file
-
-    from unlearn.targets.diffusion import DiffusionTarget
-
     cfg = get_preset(preset)
     done = find_built(preset)
     if done is not None and not force:
@@ -271,16 +266,14 @@ def build_tinyshapes(preset: str = "default", force: bool = False, progress: boo
     t0 = time.time()
     unet, te, sched, tok = train(cfg, work, progress, log)
     train_s = time.time() - t0
-    clf = train_classifier(cfg, progress)
+    clf = train_classifier(cfg.data, cfg.clf_steps, cfg.seed, progress)
     tmp = root / "pipeline.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     unet.save_pretrained(tmp / "unet", safe_serialization=True)
     te.save_pretrained(tmp / "text_encoder", safe_serialization=True)
     tok.save_pretrained(tmp / "tokenizer")
     sched.save_pretrained(tmp / "scheduler")
-    (tmp / "classifier").mkdir()
-    save_file(clf.state_dict(), str(tmp / "classifier" / "model.safetensors"))
-    atomic_write_json(tmp / "classifier" / "config.json", {"image_size": clf.image_size, "width": clf.width})
+    save_classifier(clf, tmp / "classifier")
     index = {"_class_name": "TinyShapes", "unet": ["diffusers", "UNet2DConditionModel"],
              "text_encoder": ["transformers", "CLIPTextModel"],
              "scheduler": ["diffusers", "DDPMScheduler"]}  # fmt: skip

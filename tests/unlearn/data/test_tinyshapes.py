@@ -4,7 +4,9 @@ import numpy as np
 import pytest
 
 from unlearn.data.tinyshapes import (
+    BACKGROUNDS,
     COLOURS,
+    LABELS,
     SHAPES,
     SYNONYMS,
     TinyShapesConfig,
@@ -75,3 +77,9 @@ def test_unknown_concept_lists_valid_names():
     assert concept_kind("red") == "colour"
     with pytest.raises(UnlearnError, match="unknown TinyShapes concept 'hexagon'.*circle"):
         concept_kind("hexagon")
+
+
+def test_labels_are_the_classifier_heads_in_order():
+    assert list(LABELS) == ["shape", "colour", "background"]
+    assert LABELS["shape"] == SHAPES and LABELS["colour"] == tuple(COLOURS)
+    assert LABELS["background"] == tuple(BACKGROUNDS)

@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from unlearn.methods.rece import RECEConfig, adversarial_embedding, apply
+from unlearn.methods.rece import RECEConfig, apply
+from unlearn.targets.diffusion import adversarial_embedding, kv_weights
 
 
 @pytest.fixture(autouse=True)
@@ -55,7 +56,6 @@ def test_unedited_model_returns_the_concept():
 
 
 def test_rece_rounds_on_micro_pipeline():
-    from unlearn.methods.rece import kv_weights
     from unlearn.methods.uce import UCEConfig
     from unlearn.methods.uce import apply as uce_apply
     from unlearn.targets.diffusion import encode_prompts
@@ -78,3 +78,17 @@ def test_rece_rounds_on_micro_pipeline():
         return sum(((adv @ w.T - C @ w0.T) ** 2).sum() for w, w0 in zip(Wc, W0)).item()
 
     assert attack_residual(kv_weights(target.unet)) > attack_residual(kv_weights(ref.unet))
+
+
+def test_registered_edit_and_preserve_from_config():
+    """RECE's ``preserve`` replaces the caller's set for the UCE start and the rounds alike."""
+    from unlearn.methods import get_method
+    from unlearn.targets.tinyshapes_build import random_target
+
+    spec = get_method("rece", "diffusion")
+    assert spec.closed_form and spec.apply is apply
+    a, b = random_target("micro"), random_target("micro")
+    apply(a, ["circle"], RECEConfig(preserve=["square"]), ["red", "blue"])
+    apply(b, ["circle"], RECEConfig(), ["square"])
+    for wa, wb in zip(kv_weights(a.unet), kv_weights(b.unet)):
+        torch.testing.assert_close(wa, wb, rtol=0, atol=0)

@@ -96,3 +96,17 @@ def test_token_rows_alignment_and_apply():
     assert all(not torch.equal(a, b) for a, b in zip(before, after))
     assert info["preserve_scale"] == pytest.approx(1 / 3)  # P = {'', square, red}: max(0.1, 1/3)
     assert info["edit_seconds"] < 1.0
+
+
+def test_registered_edit_and_preserve_from_config():
+    """``cfg.preserve`` (``--set preserve=square``) replaces the caller's preserve set; '' is always kept."""
+    from unlearn.methods import get_method
+    from unlearn.targets.tinyshapes_build import random_target
+
+    spec = get_method("uce", "diffusion")
+    assert spec.closed_form and spec.apply is apply and spec.config_cls is UCEConfig
+    info = spec.apply(random_target("micro"), ["circle"], UCEConfig(preserve=["square"]), ["red", "blue", "green"])
+    assert info["n_preserve"] == 2 and info["preserve_scale"] == pytest.approx(0.5)  # P = {'', square}
+    seen = []
+    spec.apply(random_target("micro"), ["circle"], UCEConfig(), ["red"], on_round=lambda r, i: seen.append(r))
+    assert seen == []  # UCE has no rounds

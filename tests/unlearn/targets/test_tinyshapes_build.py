@@ -42,21 +42,39 @@ def test_presets_and_cache_lookup():
         B.get_preset("huge")
     assert B.get_preset("micro").digest() != B.get_preset("default").digest()
     assert B.find_built("micro") is None  # nothing under the fresh UNLEARN_HOME
+    with pytest.raises(UnlearnError, match="tinyshapes-micro is not built; run `unlearn build tinyshapes --preset mi"):
+        B.resolve("tinyshapes-micro")
+    with pytest.raises(UnlearnError, match="neither an embedded target"):
+        B.resolve("no-such-model")
+    assert B.resolve("tinyshapes") == B.ASSET_DIR
+
+
+def test_saved_pipeline_loads_back_bit_for_bit(tmp_path):
+    from unlearn.targets.diffusion import load_target, save_target, target_kind
+
+    t = B.random_target("micro")
+    t.meta = {"preset": "micro"}
+    save_target(t, tmp_path / "model")
+    u = load_target(tmp_path / "model")
+    for (n, p), (_, q) in zip(t.unet.state_dict().items(), u.unet.state_dict().items()):
+        assert torch.equal(p, q), n
+    x = torch.rand(2, 3, 8, 8)
+    assert torch.equal(t.classifier.eval()(x)["colour"], u.classifier(x)["colour"])
+    assert u.meta == {"preset": "micro"} and target_kind(tmp_path / "model") == "tinyshapes"
+    assert (tmp_path / "model" / "model_index.json").exists() and not (tmp_path / "model.tmp").exists()
 
 
 def test_classifier_roundtrip_and_wrong_shape(tmp_path):
-    from safetensors.torch import save_file
-
     from unlearn.store import atomic_write_json
+    from unlearn.targets.shape_classifier import ShapeClassifier, load_classifier, save_classifier
 
-    clf = B.ShapeClassifier(8)
-    save_file(clf.state_dict(), str(tmp_path / "model.safetensors"))
-    atomic_write_json(tmp_path / "config.json", {"image_size": 8, "width": 32})
+    clf = ShapeClassifier(8)
+    save_classifier(clf, tmp_path)
     x = torch.rand(2, 3, 8, 8)
-    torch.testing.assert_close(B.load_classifier(tmp_path)(x)["shape"], clf.eval()(x)["shape"])
+    torch.testing.assert_close(load_classifier(tmp_path)(x)["shape"], clf.eval()(x)["shape"])
     atomic_write_json(tmp_path / "config.json", {"image_size": 16, "width": 32})
     with pytest.raises(UnlearnError, match="classifier weights do not match"):
-        B.load_classifier(tmp_path)
+        load_classifier(tmp_path)
 
 
 def test_committed_asset_matches_default_preset():
@@ -74,5 +92,5 @@ def test_committed_asset_meets_quality_bar():
     """Generated samples are read as the prompted shape and colour >= 80 % of the time (about a minute)."""
     from unlearn.targets.diffusion import load_target
 
-    rep = B.quality_report(load_target("tinyshapes"), B.get_preset("default"), progress=False)
+    rep = B.quality_report(load_target(B.resolve("tinyshapes")), B.get_preset("default"), progress=False)
     assert rep["shape_acc"] >= 0.8 and rep["colour_acc"] >= 0.8
