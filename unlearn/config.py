@@ -49,7 +49,7 @@ class TrainConfig:
     max_length: int = 512  # token cap per QA sequence
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on GPU, fp32 on CPU
     gradient_checkpointing: bool = False  # trade compute for memory on large models
-    checkpoint_every: int = 0  # save a resumable checkpoint every N steps (0: only at the end of training)
+    checkpoint_every: int = 0  # save a resumable checkpoint every N steps (0: none; a finished run needs none)
     eval_every: int = 0  # run the basic evaluation every N steps (0: only at the end)
     lora: LoraConfig = field(default_factory=LoraConfig)
 

@@ -37,7 +37,7 @@ def register(sub) -> None:
 
 
 def is_diffusion(model: str) -> bool:
-    from unlearn.targets.diffusion import EMBEDDED  # heavy (diffusers): only when a command needs it
+    from unlearn.targets.diffusion import EMBEDDED  # heavy (torch): only when a command needs it
 
     return model in EMBEDDED or (Path(model).expanduser() / "model_index.json").exists()
 
@@ -80,7 +80,7 @@ def _run_diffusion(args) -> int:
     if not args.concept:
         raise UnlearnError("a diffusion checkpoint needs --concept (the erased concept to judge)")
     rdir, metrics = eval_diffusion(
-        model=args.model, concept=args.concept, original=args.original or "tinyshapes", out=args.out,
+        model=args.model, concept=args.concept, original=args.original, out=args.out,
         seed=args.seed, images_per_prompt=args.images_per_prompt, sample_steps=args.sample_steps,
         force=args.force, reuse=args.reuse, progress=not args.no_progress,
     )  # fmt: skip
