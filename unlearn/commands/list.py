@@ -34,7 +34,19 @@ def run(args) -> int:
 
         for k, v in MODEL_ALIASES.items():
             tofu = f"  (--benchmark tofu: open-unlearning/tofu_{_TOFU_NAMES[k]}_full)" if k in _TOFU_NAMES else ""
-            print(f"{k:10} {v}{tofu}")
+            print(f"{k:10} {v}{tofu}{_embedded_note(v)}")
     else:
         raise unknown_name("list", args.what, WHAT)
     return 0
+
+
+def _embedded_note(target: str) -> str:
+    """For an embedded alias: the recipe digest and whether the shipped weights serve it (or a cache build)."""
+    if not target.startswith("embedded:tinyfacts"):
+        return ""
+    from unlearn.targets.build import get_preset, shipped_root
+    from unlearn.targets.resolve import EMBEDDED_PRESETS
+
+    cfg = get_preset(EMBEDDED_PRESETS[target.split(":", 1)[1]])
+    where = "shipped weights" if shipped_root(cfg) is not None else "built into $UNLEARN_HOME on first use"
+    return f"  (recipe digest {cfg.digest()}: {where})"
