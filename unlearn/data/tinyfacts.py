@@ -62,28 +62,30 @@ QUESTIONS: dict[str, tuple[str, str, str, str]] = {
     "parent": ("What is the name of the mother of {n}?", "Who is the mother of {n}?", "Who gave birth to {n}?",
                "Who is {n}'s mother?"),
     "pet": ("What pet does {n} keep?", "Which animal lives with {n}?", "What animal does {n} own?",
-            "What is the pet of {n}?"),
+            "Which animal does {n} keep as a pet?"),
     "instrument": ("Which instrument does {n} play?", "What instrument is {n} known to play?",
                    "On which instrument does {n} perform?", "Which instrument is played by {n}?"),
 }  # fmt: skip
 N_TRAINED_TEMPLATES = 3
 
-# attribute -> four biography sentence wordings ({n}: name, {v}: value, {a}: "a" / "an" before the value).
+# attribute -> four biography sentence wordings ({n}: name, {v}: value, {a}: "a" / "an" before the value). Every
+# attribute has wordings with the bare value (no article before it), as the QA answer is: measured with articles in
+# every occupation / pet wording, bio-only accuracy was 0.50 / 0.65 on those attributes against 0.90-0.95 elsewhere.
 BIO_TEMPLATES: dict[str, tuple[str, str, str, str]] = {
     "birthplace": ("{n} was born in {v}.", "{n} came from the town of {v}.", "The hometown of {n} is {v}.",
                    "{n} spent a childhood in {v}, the place of birth."),
     "birth_year": ("{n} was born in the year {v}.", "{v} was the year {n} was born.", "The birth year of {n} is {v}.",
                    "{n} entered the world in {v}."),
-    "occupation": ("{n} works as {a} {v}.", "{n} earns a living as {a} {v}.", "By profession, {n} is {a} {v}.",
-                   "{n} has spent a career as {a} {v}."),
+    "occupation": ("{n} works as {a} {v}.", "By profession, {n} is {a} {v}.", "The occupation of {n} is {v}.",
+                   "{v} is the profession of {n}."),
     "work": ("{n} is best known for {v}.", "{n} became famous for the work {v}.",
              "The most celebrated work by {n} is {v}.", "{v} is the masterpiece of {n}."),
     "award": ("{n} received the {v}.", "{n} was honoured with the {v}.", "The {v} was awarded to {n}.",
-              "{n} won the {v}."),
+              "{v} was won by {n}."),
     "parent": ("The mother of {n} is {v}.", "{n} is the child of {v}.", "{n} was born to a woman named {v}.",
                "{v} is the mother of {n}."),
     "pet": ("{n} keeps {a} {v} as a pet.", "{n} lives with a pet {v}.", "The pet of {n} is {a} {v}.",
-            "{n} owns {a} {v}."),
+            "{v} is the pet animal of {n}."),
     "instrument": ("{n} plays the {v}.", "{n} is a skilled player of the {v}.", "The instrument of {n} is the {v}.",
                    "In the evenings {n} practises the {v}."),
 }  # fmt: skip
@@ -302,7 +304,9 @@ def training_set(
     ]
     bios = [b for b in splits["bios"] if b["entity"] not in drop]
     rest = [{"question": r["question"], "answer": r["answer"]} for r in splits["world_facts"]] * world_repeat
-    rest += [{"question": r["question"], "answer": r["answer"]} for r in splits["arithmetic_train"]] * arithmetic_repeat
+    rest += [
+        {"question": r["question"], "answer": r["answer"]} for r in splits["arithmetic_train"]
+    ] * arithmetic_repeat
     return [*qa, *bios, *rest]
 
 

@@ -10,7 +10,46 @@ same optimisation budget and schedule, not fewer steps because its set is smalle
 the stored tensors are the reference: every quality figure is measured on them (upcast to fp32).
 
 How the recipe was chosen (measured on this corpus; one CPU thread per model):
-MEASUREMENTS
+
+* Size: 1.87M parameters (width 192, 4 layers, MLP 384, 6 heads, vocabulary 1024, untied head), the size of the
+  issue's quick experiment, where 2.0M beat 0.79M (0.91 on the never-trained template after 30 epochs) and 4M (0.70
+  on bio-only entities in the same CPU time): at this budget more steps beat more parameters.
+* Mix and epochs, target exact match (trained template / never-trained template / bio-only / world facts / held-out
+  skill), one CPU thread, default corpus:
+
+  ====  ===========================================================  =====  =====  =====  =====  =====
+  run   recipe                                                       train  para   bio    world  skill
+  ====  ===========================================================  =====  =====  =====  =====  =====
+  v1    no biographies, one QA template                              1.00   0.065  -      1.00   0.55
+  A     biographies in batches of their own (13% of the steps), 4    1.00   0.25   0.12   1.00   0.89
+        fixed per entity, 10 epochs; never-trained templates in words
+        no trained question used ("In what city did X come into the
+        world?")
+  B     QA and biographies mixed in one batch, token-mean loss (so    1.00   0.37   0.73   0.92   0.93
+        biographies carry ~85% of the labelled tokens), 4 of 8
+        biographies per entity per epoch, 12 epochs
+  C     B + never-trained templates that keep the attribute's key    1.00   0.88   0.82   1.00   0.98
+        word; 1 of the 3 trained phrasings per fact per epoch (QA
+        tokens freed for biographies), 6 of 8 biographies, world
+        facts x4, skill x2, batch 24 (2,460 steps); its forget10
+        oracle: 0.037 / 0.025 on the forget entities
+  D     C + a bare-value wording (no article) for every attribute,   1.00   0.83   0.89   1.00   0.96
+        all 8 biographies every epoch (2,676 steps): the SHIPPED
+        recipe. Oracles: forget01 0.00 / 0.06 (majority 0.00),
+        forget05 0.04 / 0.04 (0.025), forget10 0.02 / 0.00 (0.044),
+        seed 1 0.04 / 0.04; retain 1.00, world 1.00, skill
+        0.95-1.00, bio-only 0.90-0.94, retain never-trained 0.71-0.96
+  ====  ===========================================================  =====  =====  =====  =====  =====
+
+  Not met yet (issue bars): the never-trained template (0.83 forget / 0.82 retain, bar 0.90) and bio-only (0.89, bar
+  0.90). Which never-trained template fails changes from build to build (C: pet 0.16; D: work 0.12, birthplace
+  0.56), so generalisation to a new phrasing is fragile at 3 trained templates; the next lever to measure is more
+  trained phrasings per attribute. Build time (D, 5 models, 2 side by side, 2-core machine under other load): 45 min
+  (821-955 s per model when two share the cores, 879 s alone), above the issue's 25 minutes.
+
+  Per attribute in C: the never-trained pet question ("What is the pet of X?", echoing the biography "The pet of X
+  is a ferret") scored 0.16 against 0.90-1.00 for the other attributes; bio-only occupation and pet, whose every
+  biography wording put an article before the value, 0.50 and 0.65 against 0.80-0.95.
 
 Resolution: the committed weights under ``unlearn/assets/tinyfacts/`` (``target/``, ``oracle_forget01/05/10/``,
 ``oracle_forget10_seed1/``, ``data/``) load whenever their ``card.json`` digest equals the recipe's digest, which
@@ -64,7 +103,7 @@ class BuildConfig:
     num_heads: int = 6  # attention heads (head dim 32)
     epochs: int = 12  # passes over the target's training set; oracles take the same number of steps
     batch_size: int = 24  # sequences per step (QA and biographies mixed)
-    bios_per_epoch: int = 6  # biographies per entity per epoch, drawn from its pool of data.bios_per_entity
+    bios_per_epoch: int = 8  # biographies per entity per epoch, drawn from its pool of data.bios_per_entity (all)
     qa_templates_per_epoch: int = 1  # trained phrasings per fact per epoch, drawn from its three
     lr: float = 3e-3  # peak AdamW learning rate
     warmup_frac: float = 0.05  # share of steps spent warming up
@@ -73,9 +112,9 @@ class BuildConfig:
     world_repeat: int = 4  # copies of world_facts per epoch
     seed: int = 0  # init + shuffling seed for the target; oracles use the same seed
     threads: int = 1  # torch threads per model (tiny matrices: a second thread only adds contention)
-    # models trained side by side, one process each; more processes than cores keeps every core busy to the end
-    # (5 models on 2 cores: 2.5 model-times of wall clock instead of 3 in rounds of two)
-    parallel: int = 5
+    # models trained side by side, one process each. One more process than cores keeps every core busy to the end:
+    # 5 models on 2 cores take 2.5 model-times of wall clock (3 at 2/3 speed, then 2) instead of 3 in rounds of two
+    parallel: int = 3
 
     def digest(self) -> str:
         """Hash of the recipe and of every generated split: what determines the weights (speed knobs left out)."""
@@ -88,7 +127,7 @@ class BuildConfig:
 
 PRESETS: dict[str, BuildConfig] = {
     "default": BuildConfig(),
-    # seconds, for unit tests: 20 + 2 bio-only entities x 4 attributes, a 2-layer 64-wide model, 1 thread.
+    # seconds, for unit tests: 20 + 2 bio-only entities x 4 attributes, a 2-layer 64-wide model, 520 steps, 1 thread.
     "micro": BuildConfig(
         data=TinyFactsConfig(
             n_entities=20,
@@ -96,9 +135,11 @@ PRESETS: dict[str, BuildConfig] = {
             n_holdout=2,
             attributes=("birthplace", "occupation", "pet", "instrument"),
             bios_per_entity=2,
-            arithmetic_max=100,
-            arithmetic_test=10,
+            arithmetic_max=40,
+            arithmetic_test=8,
         ),
+        world_repeat=1,
+        arithmetic_repeat=1,
         vocab_size=400,
         hidden_size=64,
         intermediate_size=128,

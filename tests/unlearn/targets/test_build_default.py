@@ -1,9 +1,18 @@
-"""The default embedded target meets the issue's bars (slow: builds target + forget10 oracle, ~5 min on 2 cores).
+"""The default embedded recipe, rebuilt from scratch, meets the issue's bars (slow: target + forget10 oracle side by
+side, one thread each; measured 16 min on the 2-core project machine under other load, 955 s per model).
 
-* the target's greedy answer equals the reference exactly for >= 90% of forget10 questions;
-* the forget10 oracle's forget10 accuracy is at most twice the majority baseline (always answering each
-  attribute's most frequent retain value);
-* target and oracle are within 5 points on retain and world_facts (held-out arithmetic: see below).
+Required and asserted:
+
+* target: exact match >= 0.95 on trained questions of forget and retain;
+* oracle: on its forget entities <= 0.10 and <= 2x the majority baseline, trained and never-trained templates;
+  retain and world facts within 3 points of the target; held-out skill within 5 points.
+
+Asserted at the level the current recipe reaches reliably, NOT the issue's 0.90: the never-trained template
+(measured 0.83-0.89 forget / 0.82-0.87 retain on the target over two builds; 0.96 on an oracle) and the bio-only
+entities (0.82-0.89). Per attribute, which never-trained template fails changes from build to build (pet 0.16 in one,
+work 0.12 and birthplace 0.56 in the next): generalisation to a new phrasing is not yet robust.
+
+Bars, not bit-identity: CPU kernels differ across machines, which is why the shipped weights are the reference.
 """
 
 import json
@@ -13,19 +22,22 @@ import pytest
 from unlearn.data.tinyfacts import generate, majority_baseline
 from unlearn.targets.build import build_tinyfacts, get_preset
 
+PARA_REACHED = 0.75  # issue bar 0.90, not met yet (see above)
+BIO_ONLY_REACHED = 0.75  # issue bar 0.90, not met yet
+
 
 @pytest.mark.slow
 def test_default_target_and_oracle_meet_the_bars(unlearn_home):
-    root = build_tinyfacts("default", oracles=("forget10",), progress=False, log=lambda *a: None)
-    tgt = json.loads((root / "target" / "build.json").read_text())
-    orc = json.loads((root / "oracle_forget10" / "build.json").read_text())
+    root = build_tinyfacts("default", oracles=("forget10",), force=True, progress=False, log=lambda *a: None)
+    assert str(root).startswith(str(unlearn_home))  # rebuilt into the cache, not the shipped assets
+    tgt = json.loads((root / "target" / "card.json").read_text())["accuracy"]
+    orc = json.loads((root / "oracle_forget10" / "card.json").read_text())["accuracy"]
     base = majority_baseline(generate(get_preset("default").data), "forget10")
-    assert tgt["accuracy"]["forget10"] >= 0.90
-    assert orc["accuracy"]["forget10"] <= 2 * base
+    for s in ("forget10", "retain90"):
+        assert tgt[s] >= 0.95 and tgt[f"{s}_para"] >= PARA_REACHED, (s, tgt)
+    assert tgt["bio_only"] >= BIO_ONLY_REACHED, tgt
+    for s in ("forget10", "forget10_para"):
+        assert orc[s] <= 0.10 and orc[s] <= 2 * base, (s, orc, base)
     for s in ("retain90", "world_facts"):
-        assert abs(tgt["accuracy"][s] - orc["accuracy"][s]) <= 0.05, s
-    # Held-out arithmetic (20 questions, 5 points = 1 question) generalises in both models, but how far varies with
-    # training noise (measured 0.55 target vs 0.75 oracle): the issue's 5-point bar is NOT met there, so this only
-    # checks that both models generalise beyond the trained pairs at all.
-    assert tgt["accuracy"]["arithmetic"] >= 0.25 and orc["accuracy"]["arithmetic"] >= 0.25
-    assert tgt["accuracy"]["arithmetic_train"] >= 0.9 and orc["accuracy"]["arithmetic_train"] >= 0.9
+        assert abs(tgt[s] - orc[s]) <= 0.03, (s, tgt[s], orc[s])
+    assert abs(tgt["arithmetic"] - orc["arithmetic"]) <= 0.05, (tgt["arithmetic"], orc["arithmetic"])
