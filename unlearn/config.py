@@ -61,10 +61,12 @@ class TrainConfig:
     }  # fmt: skip
 
 
-# The embedded TinyFacts target (0.8M parameters): the 1-8B reference settings (lr 1e-5) do not move it.
-# With lr 3e-4, 10 epochs, batch 32 and the method presets below, forget10, mean of seeds 0-2, forget_acc / retain_acc
-# (target 1.00 / 1.00, oracle 0.04 / 1.00; benchmarks/results/leaderboard.md):
-#   GA 0.24 / 0.50, GradDiff 0.52 / 0.88, NPO 0.30 / 0.94, SimNPO 0.47 / 0.99.
+# The embedded TinyFacts v2 target (1.87M parameters, shipped weights): the 1-8B reference settings (lr 1e-5) do not
+# move it. Re-measured on v2 with lr 3e-4, 10 epochs, batch 32 and the method presets below, forget10, mean of seeds
+# 0-2, forget_acc / retain_acc (target 1.00 / 1.00, oracle 0.02 / 1.00; benchmarks/results/leaderboard.md):
+#   GA 0.29 / 0.72, GradDiff 0.39 / 0.88, NPO 0.27 / 0.97, SimNPO 0.35 / 0.99.
+# Every method lowers forget_acc below the target's on forget01/05/10; seed 0, forget10: NPO keeps retain 0.969
+# where GA falls to 0.738 (v1 build: 0.925 vs 0.505).
 EMBEDDED_TRAIN: dict[str, Any] = {
     "lr": 3e-4,
     "epochs": 10,
@@ -75,8 +77,9 @@ EMBEDDED_TRAIN: dict[str, Any] = {
 
 # Method settings for the embedded target, applied before --set overrides. TinyFacts answers are ~2 tokens
 # against ~40 in TOFU, so NPO's sequence log-ratios are ~20x smaller and beta 0.1 makes NPO behave like GA
-# (measured on an earlier build: retain 0.615 with beta 0.1, 0.96 with beta 1.0). SimNPO's TOFU forget weight
-# (0.125) barely forgets here (forget_acc 0.87; 0.31 with forget_weight 1.0). Real models keep the reference values.
+# (measured on the v1 build: retain 0.615 with beta 0.1, 0.96 with beta 1.0). SimNPO's TOFU forget weight
+# (0.125) barely forgets here (v1: forget_acc 0.87; 0.31 with forget_weight 1.0). Kept on v2: with them every
+# method forgets (table above) and NPO/SimNPO keep retain >= 0.97. Real models keep the reference values.
 EMBEDDED_METHOD: dict[str, dict[str, Any]] = {
     "npo": {"beta": 1.0},
     "simnpo": {"forget_weight": 1.0},

@@ -45,7 +45,7 @@ def test_run_writes_the_run_directory(npo_run, micro_target):
     for s in ("forget", "retain", "world_facts", "arithmetic"):
         for k in ("acc", "prob", "rougeL_recall"):
             assert 0 <= m[f"{s}_{k}"] <= 1
-    target = json.loads((micro_target / "target" / "build.json").read_text())["accuracy"]
+    target = json.loads((micro_target / "target" / "card.json").read_text())["accuracy"]
     assert m["forget_acc"] < target["forget10"]  # unlearning moved the model
     assert m["cost_steps"] == 4 and m["cost_tokens"] > 0
     cfg = json.loads((npo_run / "config.json").read_text())["resolved"]

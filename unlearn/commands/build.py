@@ -15,7 +15,8 @@ def register(sub) -> None:
         help="comma-separated forget splits whose retain-only oracle to build (tinyfacts)",
     )
     p.add_argument("--oracle-seed", type=int, help="also train an extra oracle per split with this seed (tinyfacts)")
-    p.add_argument("--force", action="store_true", help="rebuild even if cached")
+    p.add_argument("--force", action="store_true", help="rebuild from scratch into $UNLEARN_HOME (default preset: "
+                   "the target and every shipped oracle), even when shipped or cached weights match")  # fmt: skip
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=run)
 
@@ -24,16 +25,19 @@ def run(args) -> int:
     from unlearn.errors import unknown_name
 
     if args.target == "tinyfacts":
-        from unlearn.targets.build import build_tinyfacts
+        from unlearn.targets.build import build_release, build_tinyfacts, get_preset, shipped_root
 
         oracles = tuple(s.strip() for s in args.splits.split(",") if s.strip())
-        root = build_tinyfacts(args.preset, oracles=oracles, force=args.force, progress=not args.no_progress)
-        if args.oracle_seed is not None:
-            from unlearn.targets.build import build_oracle_seed
-
-            for s in oracles:
-                print(f"extra oracle: {build_oracle_seed(args.preset, s, args.oracle_seed, not args.no_progress)}")
-        print(f"tinyfacts ({args.preset}) ready in {root}")
+        cfg = get_preset(args.preset)
+        seeds = tuple((s, args.oracle_seed) for s in oracles) if args.oracle_seed is not None else ()
+        if args.force and args.preset == "default" and not seeds and args.splits == "forget10":
+            # a from-scratch rebuild of what is shipped: target + every shipped oracle, side by side
+            root = build_release(cfg, progress=not args.no_progress)
+        else:
+            root = build_tinyfacts(cfg, oracles=oracles, force=args.force, progress=not args.no_progress,
+                                   extra_seeds=seeds)  # fmt: skip
+        where = "shipped weights" if shipped_root(cfg) == root else "built in the cache"
+        print(f"tinyfacts ({args.preset}, recipe digest {cfg.digest()}) ready in {root} ({where})")
         return 0
     if args.target == "tinyshapes":
         from unlearn.targets.tinyshapes_build import build_tinyshapes
