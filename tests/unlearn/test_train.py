@@ -59,13 +59,16 @@ def unlearned(tiny):
 
 @pytest.mark.parametrize("method", ["ga", "graddiff", "npo", "simnpo"])
 def test_each_method_lowers_forget_log_prob(unlearned, method):
-    # SimNPO's TOFU weights (forget_weight 0.125, beta 4.5) move it least: from -0.20 to about -0.48 here
-    assert unlearned[method][0] < unlearned["target"][0] - 0.2, unlearned
+    # SimNPO's TOFU weights (forget_weight 0.125, beta 4.5) move it least: on the TinyFacts v2 micro model from -0.10
+    # to -0.17 (GA -2.41, GradDiff -1.55, NPO -2.22); the exact step values are pinned in test_train_values.py
+    margin = 0.05 if method == "simnpo" else 0.5
+    assert unlearned[method][0] < unlearned["target"][0] - margin, unlearned
 
 
 @pytest.mark.parametrize("method", ["graddiff", "npo", "simnpo"])
 def test_retain_term_keeps_retain_log_prob_better_than_ga(unlearned, method):
-    assert unlearned[method][1] > unlearned["ga"][1] + 0.2, unlearned
+    # measured on the v2 micro model: retain log-prob GA -0.77, NPO -0.60, GradDiff -0.33 (target -0.14)
+    assert unlearned[method][1] > unlearned["ga"][1] + 0.1, unlearned
 
 
 def _grads_after_one_step(tiny, method, micro, **mkw):
