@@ -163,7 +163,7 @@ def test_d_retain_budget_passes_over_the_retain_set(tiny):
     assert seen == [4, 2] * 3  # each epoch: 4 then the remaining 2 retain examples
 
 
-@pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step\(\)`")
+@pytest.mark.filterwarnings(r"ignore:Detected call of `lr_scheduler.step\(\)`")
 def test_caller_wraps_the_model_and_the_optimizer(tiny):
     wrapped, opt_wrapped = [], []
 

@@ -1,7 +1,7 @@
 """TOFU aggregation on TOFU's published Llama-2-7b eval logs (full model vs the retain90 model).
 
 The expected figures are computed here independently, with numpy/scipy straight from the JSON, following TOFU's
-``aggregate_eval_stat.py`` (https://github.com/locuslab/tofu, ``aggregate_eval_stat.py``), and are also pinned as literals:
+``aggregate_eval_stat.py`` (https://github.com/locuslab/tofu), and are also pinned as literals:
 
     forget quality of `full` against `retain90`  = 1.834066e-21  (KS statistic 0.396667, 300 vs 300 examples)
     model utility of `full`                      = 0.622677

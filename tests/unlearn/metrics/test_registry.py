@@ -49,6 +49,6 @@ def test_directions_are_checked():
 def test_docs_metrics_md_is_what_the_registry_generates():
     doc = Path(__file__).resolve().parents[3] / "docs" / "metrics.md"
     assert doc.read_text() == metrics_doc(), (
-        "docs/metrics.md is stale: python -c \"from unlearn.metrics import write_metrics_doc; "
+        'docs/metrics.md is stale: python -c "from unlearn.metrics import write_metrics_doc; '
         "write_metrics_doc('docs/metrics.md')\""
     )
