@@ -33,6 +33,7 @@ import torch
 from torch import nn
 
 from unlearn.errors import UnlearnError
+from unlearn.targets.llm import _unwrap
 
 # model_type -> (path of the block list, path of the final norm, down-projection name inside a block's mlp)
 _PATHS = {
@@ -49,11 +50,9 @@ _PATHS = {
 SUPPORTED = tuple(sorted(_PATHS))
 
 
-def _unwrap(model: nn.Module) -> nn.Module:
-    """The bare model under DDP / accelerate / torch.compile wrappers."""
-    while hasattr(model, "module") and isinstance(model.module, nn.Module):
-        model = model.module
-    return getattr(model, "_orig_mod", model)
+def _bare(model: nn.Module) -> nn.Module:
+    """The bare transformers model under DDP / accelerate / peft / torch.compile wrappers."""
+    return getattr(_unwrap(model), "_orig_mod", _unwrap(model))
 
 
 def _get(root: nn.Module, path: str) -> nn.Module:
@@ -106,7 +105,7 @@ class Arch:
 
 def arch(model: nn.Module) -> Arch:
     """Locate blocks, final norm, unembedding and MLP down-projections; exit-2 error for unsupported types."""
-    model = _unwrap(model)
+    model = _bare(model)
     mt = getattr(getattr(model, "config", None), "model_type", None)
     if mt not in _PATHS:
         raise UnlearnError(
