@@ -12,12 +12,27 @@ from dataclasses import dataclass
 
 import torch
 
+from unlearn.errors import unknown_name
 from unlearn.methods import register_method
 
 
 @dataclass
 class GAConfig:
     forget_weight: float = 1.0  # scale of the ascent term (TOFU: 1)
+    # all: every parameter; head: only the untied LM head and the final norm -- the "last-layer-only" unlearning
+    # that Kim et al. 2025 (https://arxiv.org/abs/2503.06991) show fools logit metrics (docs/evaluators/)
+    params: str = "all"
+
+
+def trainable(model, cfg: GAConfig):
+    """The parameters ``cfg.params`` selects (None entries: the loop's default, every parameter)."""
+    if cfg.params == "all":
+        return [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    if cfg.params == "head":
+        from unlearn.targets.arch import arch
+
+        return arch(model).head_params()
+    raise unknown_name("ga params", cfg.params, ("all", "head"))
 
 
 def ga_loss(forget_logp: torch.Tensor, total_tokens: float | torch.Tensor) -> torch.Tensor:
@@ -29,7 +44,7 @@ def ga_loss(forget_logp: torch.Tensor, total_tokens: float | torch.Tensor) -> to
     return forget_logp.sum() / total_tokens
 
 
-@register_method("ga", GAConfig, "Gradient ascent on the forget set (token-mean NLL, TOFU)")
+@register_method("ga", GAConfig, "Gradient ascent on the forget set (token-mean NLL, TOFU)", trainable=trainable)
 def step(ctx, batch: dict, cfg: GAConfig):
     out = ctx.policy(batch["forget"])
     loss = cfg.forget_weight * ga_loss(out["seq_logp"], ctx.norm["forget_tokens"])

@@ -98,6 +98,18 @@ class Arch:
         """(V, d_model) unembedding matrix E (logits = E h)."""
         return self.unembed.weight
 
+    def head_params(self) -> list[tuple[str, nn.Parameter]]:
+        """The last layer: the unembedding weight and the final norm's parameters (head-only unlearning).
+
+        A head tied to the input embeddings would make "head-only" also train every input embedding: refused.
+        """
+        emb = self.model.get_input_embeddings()
+        if emb is not None and emb.weight is self.unembed.weight:
+            raise UnlearnError(f"{self.model_type}: the LM head is tied to the input embeddings; head-only training "
+                               "would move them too")  # fmt: skip
+        mine = {id(self.unembed.weight)} | {id(p) for p in self.final_norm.parameters()}
+        return [(n, p) for n, p in self.model.named_parameters() if id(p) in mine]
+
     def lens_logits(self, h: torch.Tensor) -> torch.Tensor:
         """Logit lens: (..., d_model) residual -> (..., V) logits through the final norm and the unembedding."""
         return self.unembed(self.final_norm(h.to(self.unembed.weight.dtype)))
