@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from unlearn.metrics.representation import (
+    LayerwiseCKA,
     LinearCKAAccumulator,
     hsic_unbiased,
     linear_cka,
@@ -68,3 +69,96 @@ def test_unbiased_hsic_and_minibatch():
     assert minibatch_cka([(X, Y), (X, Y), (X, Y)]) == pytest.approx(one, abs=1e-12)
     with pytest.raises(ValueError):
         linear_cka(X, Y[:5])
+
+
+# ----------------------------------------------------------------------------------------------- unbiased, streaming
+def _unbiased_gram_cka(X, Y):
+    """One-shot unbiased CKA from n × n Gram matrices (the Song et al. formula in `hsic_unbiased`)."""
+    K, L = X @ X.T, Y @ Y.T
+    return float(hsic_unbiased(K, L) / (hsic_unbiased(K, K) * hsic_unbiased(L, L)).sqrt())
+
+
+def _pair(n=60, p=12, q=7, seed=6):
+    """Correlated features, so CKA is far from both 0 and 1."""
+    X = _x(n, p, seed)
+    Y = X[:, :q] * 0.7 + _x(n, q, seed + 1)
+    return X, Y
+
+
+SPLITS = ((0, 3), (3, 20), (20, 21), (21, 60))  # any batch sizes, including a single row
+
+
+@pytest.mark.parametrize("unbiased", [False, True])
+def test_streaming_accumulators_equal_one_shot(unbiased):
+    X, Y = _pair()
+    # references on the unshifted data (a Gram matrix of offset features loses digits to cancellation itself)
+    want = _unbiased_gram_cka(X, Y) if unbiased else linear_cka_gram(X, Y)
+    acc = LinearCKAAccumulator(unbiased=unbiased)
+    for lo, hi in SPLITS:
+        acc.update(X[lo:hi] + 100.0, Y[lo:hi] - 30.0)  # a large offset: the first-batch shift keeps it exact
+    assert acc.n == 60
+    assert acc.value() == pytest.approx(want, abs=1e-10)
+    assert 0.1 < want < 0.9
+
+
+def test_unbiased_differs_from_biased_and_is_shift_invariant():
+    X, Y = _pair(n=12)
+    assert abs(_unbiased_gram_cka(X, Y) - linear_cka(X, Y)) > 1e-3  # two estimators, not one
+    # HSIC₁ with linear kernels ignores a constant shift (what lets the accumulator shift by the first batch)
+    c = torch.linspace(-1.0, 2.0, X.shape[1], dtype=torch.float64)
+    assert _unbiased_gram_cka(X + c, Y) == pytest.approx(_unbiased_gram_cka(X, Y), abs=1e-10)
+
+
+def test_unbiased_accumulator_properties():
+    X, Y = _pair()
+    Q, _ = torch.linalg.qr(_x(12, 12, seed=8))
+    acc = LinearCKAAccumulator(unbiased=True)
+    acc.update(X, X)
+    assert acc.value() == pytest.approx(1.0, abs=1e-12)
+    ref = LinearCKAAccumulator(unbiased=True)
+    ref.update(X, Y)
+    rot = LinearCKAAccumulator(unbiased=True)
+    rot.update(X @ Q * 0.25, Y * 7.0)  # orthogonal map and isotropic scaling
+    assert rot.value() == pytest.approx(ref.value(), abs=1e-12)
+    gen = LinearCKAAccumulator(unbiased=True)
+    gen.update(X @ _x(12, 12, seed=9), Y)  # a general invertible map
+    assert abs(gen.value() - ref.value()) > 1e-3
+    small = LinearCKAAccumulator(unbiased=True)
+    small.update(X[:3], Y[:3])
+    with pytest.raises(ValueError, match="n >= 4"):
+        small.value()
+
+
+@pytest.mark.parametrize("unbiased", [False, True])
+def test_layerwise_equals_per_layer_one_shot(unbiased):
+    B, L = 40, 3
+    X = torch.stack([_x(B, 6, seed=10 + layer) for layer in range(L)], 1)  # (B, L, d)
+    Y = X * torch.tensor([1.0, 0.5, 0.0])[None, :, None] + torch.stack([_x(B, 6, seed=20 + k) for k in range(L)], 1)
+    mask = torch.ones(B, dtype=torch.bool)
+    mask[[2, 17, 30]] = False
+    lw = LayerwiseCKA(L, unbiased=unbiased)
+    for lo, hi in ((0, 9), (9, 10), (10, 40)):
+        lw.update(X[lo:hi].float(), Y[lo:hi].float(), mask[lo:hi])  # float32 in, as hidden states come
+    one = _unbiased_gram_cka if unbiased else linear_cka
+    want = [one(X[mask, layer].float().double(), Y[mask, layer].float().double()) for layer in range(L)]
+    assert lw.n == 37
+    assert lw.values() == pytest.approx(want, abs=1e-10)
+    assert want[0] > want[1] > want[2]  # the shared component shrinks layer by layer
+    with pytest.raises(ValueError, match="expected"):
+        lw.update(X[:, :2], Y[:, :2])
+
+
+def test_minibatch_cka_ragged_last_batch():
+    X, Y = _pair(n=50)
+    full = [(X[i : i + 10], Y[i : i + 10]) for i in range(0, 40, 10)]
+    ragged = [*full, (X[40:46], Y[40:46])]
+    # "drop": the short last batch does not enter
+    assert minibatch_cka(ragged) == pytest.approx(minibatch_cka(full), abs=1e-14)
+    # "keep": the short batch's normalised HSIC₁ terms are added as they are — hand-summed here
+    terms = [(hsic_unbiased(a @ a.T, b @ b.T), hsic_unbiased(a @ a.T, a @ a.T), hsic_unbiased(b @ b.T, b @ b.T))
+             for a, b in ragged]  # fmt: skip
+    kl, kk, ll = (sum(t[j] for t in terms) for j in range(3))
+    assert minibatch_cka(ragged, ragged="keep") == pytest.approx(float(kl / (kk * ll).sqrt()), abs=1e-12)
+    assert minibatch_cka(ragged, ragged="keep") != pytest.approx(minibatch_cka(full), abs=1e-6)
+    with pytest.raises(ValueError):
+        minibatch_cka([(X[:3], Y[:3])])
