@@ -1,0 +1,122 @@
+"""Recoverability of forgotten answers from frozen hidden states: linear probe and k-NN accuracy.
+
+If unlearning only suppresses an answer at the output while the representation still encodes it, a classifier on
+the model's frozen hidden states recovers the answer (Belrose et al. 2023, https://arxiv.org/abs/2306.03819,
+and Kim, Cha & Kim 2025, https://arxiv.org/abs/2503.06991, who use k-NN on frozen features,
+https://github.com/yongwookim1/UUEF). Both classifiers are fit on one set of (state, label) rows — e.g. retain
+records and their answers — and scored on another — the forget records.
+
+* `probe_accuracy`: multinomial logistic regression (scikit-learn ``LogisticRegression``, L-BFGS, C = 1, at most
+  500 iterations; on hidden states it converges in a few dozen) on features standardised with the training rows'
+  mean and standard deviation.
+* `knn_accuracy`: ``KNeighborsClassifier(n_neighbors=k, metric="cosine")``, as UUEF.
+
+Every accuracy comes with a 95% Wilson score interval (Wilson 1927) over the ``n`` test rows. A test row whose
+label never occurs in the training rows cannot be predicted by either classifier and counts as wrong: the
+accuracy measures what is recoverable from the training label set, not the share of solvable rows. ``chance`` is
+the accuracy, on the test rows, of always predicting the training rows' most frequent label (ties: the label that
+sorts first) — the level a probe that learned nothing from the features reaches.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Sequence
+
+import numpy as np
+
+Z95 = 1.959963984540054  # standard normal 97.5% quantile
+
+
+def wilson_interval(k: int, n: int, z: float = Z95) -> tuple[float, float]:
+    """Wilson score interval for k successes of n: (p + z²/2n ± z sqrt(p(1-p)/n + z²/4n²)) / (1 + z²/n)."""
+    if n <= 0:
+        raise ValueError("an accuracy needs at least one test row")
+    p = k / n
+    centre = p + z * z / (2 * n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    den = 1 + z * z / n
+    return max(0.0, (centre - half) / den), min(1.0, (centre + half) / den)
+
+
+def _np(X) -> np.ndarray:
+    X = X.detach().cpu().numpy() if hasattr(X, "detach") else np.asarray(X)
+    return X.reshape(X.shape[0], -1).astype(np.float64)
+
+
+def _labels(y) -> np.ndarray:
+    return np.asarray([str(v) for v in y], dtype=object)
+
+
+def _result(pred: np.ndarray, test_y: np.ndarray) -> dict:
+    n = len(test_y)
+    k = int((pred == test_y).sum())
+    lo, hi = wilson_interval(k, n)
+    return {"acc": k / n, "lo": lo, "hi": hi, "n": n}
+
+
+def majority_chance(train_y: Sequence, test_y: Sequence) -> float:
+    """Accuracy on ``test_y`` of always predicting ``train_y``'s most frequent label (ties: first in sort order)."""
+    train_y, test_y = _labels(train_y), _labels(test_y)
+    if len(test_y) == 0 or len(train_y) == 0:
+        raise ValueError("chance needs training and test labels")
+    counts = Counter(train_y.tolist())
+    top = max(sorted(counts), key=lambda c: counts[c])  # max keeps the first maximal label of the sorted list
+    return float((test_y == top).mean())
+
+
+def probe_accuracy(train_X, train_y: Sequence, test_X, test_y: Sequence, seed: int = 0) -> dict:
+    """Linear-probe accuracy: {acc, lo, hi (95% Wilson), chance, n}. X (n, ...) features (rows flattened), y any
+    hashable labels (compared as strings). A single training label makes the probe a constant predictor."""
+    from sklearn.linear_model import LogisticRegression
+
+    Xtr, Xte = _np(train_X), _np(test_X)
+    ytr, yte = _labels(train_y), _labels(test_y)
+    if len(Xtr) != len(ytr) or len(Xte) != len(yte):
+        raise ValueError("features and labels differ in length")
+    mu, sd = Xtr.mean(0), Xtr.std(0)
+    sd[sd == 0] = 1.0  # constant features stay constant (zero) instead of dividing by zero
+    # float32 halves L-BFGS's time (the loss/gradient matmuls dominate) and hidden states are float32 anyway
+    Xtr, Xte = ((Xtr - mu) / sd).astype(np.float32), ((Xte - mu) / sd).astype(np.float32)
+    if len(set(ytr.tolist())) == 1:
+        pred = np.full(len(yte), ytr[0], dtype=object)
+    else:
+        clf = LogisticRegression(C=1.0, max_iter=500, tol=1e-4, random_state=seed)
+        pred = clf.fit(Xtr, ytr).predict(Xte)
+    return {**_result(pred, yte), "chance": majority_chance(ytr, yte)}
+
+
+def knn_accuracy(train_X, train_y: Sequence, test_X, test_y: Sequence, k: int = 5, metric: str = "cosine") -> dict:
+    """k-NN accuracy (scikit-learn, majority vote of the ``k`` nearest training rows): {acc, lo, hi, n}."""
+    from sklearn.neighbors import KNeighborsClassifier
+
+    Xtr, Xte = _np(train_X), _np(test_X)
+    ytr, yte = _labels(train_y), _labels(test_y)
+    if len(Xtr) != len(ytr) or len(Xte) != len(yte):
+        raise ValueError("features and labels differ in length")
+    clf = KNeighborsClassifier(n_neighbors=min(k, len(Xtr)), metric=metric, algorithm="brute")
+    return _result(clf.fit(Xtr, ytr).predict(Xte), yte)
+
+
+def per_layer_probe(
+    train_states,
+    train_y: Sequence,
+    test_states,
+    test_y: Sequence,
+    seed: int = 0,
+    knn_k: int | None = 5,
+    knn_metric: str = "cosine",
+) -> list[dict]:
+    """Probe (and, unless ``knn_k`` is None, k-NN) per layer of (n, L, d) states. One dict per layer:
+    ``{layer, acc, lo, hi, chance, n}`` of the probe, plus ``knn_acc, knn_lo, knn_hi`` when k-NN runs."""
+    if train_states.shape[1] != test_states.shape[1]:
+        raise ValueError(f"different layer counts: {train_states.shape[1]} and {test_states.shape[1]}")
+    out = []
+    for layer in range(train_states.shape[1]):
+        row = {"layer": layer, **probe_accuracy(train_states[:, layer], train_y, test_states[:, layer], test_y, seed)}
+        if knn_k is not None:
+            kn = knn_accuracy(train_states[:, layer], train_y, test_states[:, layer], test_y, knn_k, knn_metric)
+            row.update(knn_acc=kn["acc"], knn_lo=kn["lo"], knn_hi=kn["hi"])
+        out.append(row)
+    return out
