@@ -1,10 +1,11 @@
 """Recoverability of forgotten answers from frozen hidden states: linear probe and k-NN accuracy.
 
 If unlearning only suppresses an answer at the output while the representation still encodes it, a classifier on
-the model's frozen hidden states recovers the answer (Belrose et al. 2023, https://arxiv.org/abs/2306.03819,
-and Kim, Cha & Kim 2025, https://arxiv.org/abs/2503.06991, who use k-NN on frozen features,
-https://github.com/yongwookim1/UUEF). Both classifiers are fit on one set of (state, label) rows — e.g. retain
-records and their answers — and scored on another — the forget records.
+the model's frozen hidden states recovers the answer. A concept is linearly erased when no linear classifier beats
+a constant predictor (Belrose et al. 2023, LEACE, https://arxiv.org/abs/2306.03819) — hence ``chance`` below; Kim,
+Cha & Kim 2025 (https://arxiv.org/abs/2503.06991, https://github.com/yongwookim1/UUEF) evaluate unlearning by k-NN on
+frozen features. Both classifiers are fit on one set of (state, label) rows — e.g. retain records and their answers
+— and scored on another — the forget records.
 
 * `probe_accuracy`: multinomial logistic regression (scikit-learn ``LogisticRegression``, L-BFGS, C = 1, at most
   500 iterations; on hidden states it converges in a few dozen) on features standardised with the training rows'
