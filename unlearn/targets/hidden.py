@@ -259,5 +259,6 @@ def collect_hidden(
     else:  # more processes than records: this one has none, but still joins the gather
         a = arch(_unwrap(model))
         d = a.unembed.weight.shape[1]
-        index, states, valid = torch.zeros(0, dtype=torch.long), torch.zeros(0, a.n_layers, d), torch.zeros(0, bool)
+        index, states = torch.zeros(0, dtype=torch.long), torch.zeros(0, a.n_layers, d)
+        valid = torch.zeros(0, dtype=torch.bool)
     return gather_rows(index, states, valid, len(recs), shard)

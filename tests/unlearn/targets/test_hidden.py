@@ -17,6 +17,15 @@ from unlearn.targets.llm import PromptFormat, encode_prompt, encode_qa
 FMT = PromptFormat()
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny matrices: a second thread only contends (and is slow when the machine is busy)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="module")
 def recs(tiny):
     _, _, splits = tiny
@@ -176,7 +185,10 @@ dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank
 idx = torch.tensor(Shard(rank, 2).indices(5)).flip(0)  # any local order: rows carry their index
 rows = torch.stack([torch.full((2, 3), float(i)) for i in idx.tolist()])
 full, ok = gather_rows(idx, rows, idx % 3 != 0, 5, Shard(rank, 2))
-torch.save((full, ok), out)
+# one record, two processes: rank 1 holds no rows but joins the gather
+idx1 = torch.tensor(Shard(rank, 2).indices(1), dtype=torch.long)
+one = gather_rows(idx1, torch.full((len(idx1), 2, 3), 7.0), torch.ones(len(idx1), dtype=torch.bool), 1, Shard(rank, 2))
+torch.save((full, ok, *one), out)
 dist.destroy_process_group()
 """
 
@@ -194,6 +206,7 @@ def test_gather_rows_two_processes(tmp_path):
     ]
     assert [p.wait(timeout=120) for p in procs] == [0, 0]
     for r in (0, 1):
-        full, ok = torch.load(tmp_path / f"{r}.pt")
+        full, ok, one, one_ok = torch.load(tmp_path / f"{r}.pt")
         assert full[:, 0, 0].tolist() == [0.0, 1.0, 2.0, 3.0, 4.0]
         assert ok.tolist() == [False, True, True, False, True]
+        assert one.shape == (1, 2, 3) and one.eq(7.0).all() and one_ok.tolist() == [True]
