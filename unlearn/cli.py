@@ -21,6 +21,7 @@ COMMANDS = [
     "unlearn.commands.erase",
     "unlearn.commands.leaderboard",
     "unlearn.commands.tofu_aggregate",
+    "unlearn.commands.concept_vectors",
 ]
 
 

@@ -9,7 +9,7 @@ A *task* supplies the rest: how one optimizer step's batch is built and pushed t
 Extension points (see `unlearn.methods.MethodSpec`):
 
 * trainable parameters (``spec.trainable``) and 0/1 gradient masks (``spec.grad_mask``), applied after every
-  backward so a masked entry never moves (AdamW's weight decay excepted: masked methods should use 0 decay);
+  backward; masked parameters get no weight decay, so a masked entry never moves;
 * several losses: a step returning ``{name: loss}`` gets one gradient per loss (``Core.backward``), combined by
   ``spec.transform_grads`` before clipping (e.g. gradient surgery); without a transform the losses are summed;
 * auxiliary modules / optimizers (``spec.make_aux``), checkpointed with the model;
@@ -174,8 +174,13 @@ def select_params(model, spec, mcfg) -> list:
 def make_core(acc, named_params, tcfg, spe: int, total: int, spec=None, mcfg=None, aux=None, masks=None,
               fused: bool | None = None) -> Core:  # fmt: skip
     """AdamW over ``named_params`` with the warm-up/decay schedule; the core's gradient hooks from ``spec``."""
-    params = [p for _, p in named_params]
-    opt = torch.optim.AdamW(params, lr=tcfg.lr, weight_decay=tcfg.weight_decay, fused=fused)
+    masked = set(masks or {})
+    # decoupled weight decay moves an entry whatever its gradient, so masked parameters are not decayed: a masked
+    # entry never moves (Needle's reference decays the whole masked layer, docs/evaluators/concept-vectors.md)
+    groups = [{"params": [p for n, p in named_params if n not in masked]},
+              {"params": [p for n, p in named_params if n in masked], "weight_decay": 0.0}]  # fmt: skip
+    groups = [g for g in groups if g["params"]]
+    opt = torch.optim.AdamW(groups, lr=tcfg.lr, weight_decay=tcfg.weight_decay, fused=fused)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(tcfg, spe, total))
     return Core(acc, named_params, opt, sched, tcfg, masks=dict(masks or {}),
                 transform=getattr(spec, "transform_grads", None), mcfg=mcfg, aux=dict(aux or {}))  # fmt: skip

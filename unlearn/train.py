@@ -351,6 +351,8 @@ def unlearn_model(
     W = accelerator.num_processes if accelerator is not None else 1
     if tcfg.batch_size % W:
         raise UnlearnError(f"batch_size={tcfg.batch_size} must be divisible by the number of processes ({W})")
+    if method.prepare is not None:  # e.g. Needle: which columns the forget records' entities own
+        method.prepare(model, mcfg, forget)
     loop = setup(model, f_items, method, mcfg, tcfg, tokenizer.pad_token_id, spe, total, accelerator, log,
                  wrap=wrap, wrap_optimizer=wrap_optimizer)  # fmt: skip
 

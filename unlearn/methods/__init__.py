@@ -14,6 +14,8 @@ Two shapes of method:
     combines the per-loss gradients (``{name: [grad per trainable param]}``) into the ones the optimizer applies;
   - ``make_aux(model, cfg, device) -> {name: module or optimizer}``: auxiliary modules with their own optimizer,
     handed to the step as ``ctx.aux`` and saved in checkpoints with the model;
+  - ``prepare(model, cfg, forget_records) -> None`` (LLM task): one-time setup that needs the forget records, run
+    before the parameters are chosen (Needle: the forget entities' concept vectors, its initial noise);
   - ``budget``: ``forget`` (an epoch = one pass over the forget set) or ``retain`` (over the retain set).
 
 * **closed-form** edits (UCE, RECE): ``apply(target, erase, cfg, preserve, on_round=None) -> info`` with one
@@ -41,6 +43,7 @@ _MODULES: dict[tuple[str, str], str] = {
     ("llm", "graddiff"): "unlearn.methods.graddiff",
     ("llm", "npo"): "unlearn.methods.npo",
     ("llm", "simnpo"): "unlearn.methods.simnpo",
+    ("llm", "needle"): "unlearn.methods.needle",
     ("diffusion", "uce"): "unlearn.methods.uce",
     ("diffusion", "rece"): "unlearn.methods.rece",
     ("diffusion", "ga"): "unlearn.methods.diffusion_grad",
@@ -89,6 +92,7 @@ class MethodSpec:
     grad_mask: Callable | None = None  # (model, cfg) -> {param name: 0/1 mask tensor}
     transform_grads: Callable | None = None  # ({loss name: [grad]}, cfg) -> [grad]
     make_aux: Callable | None = None  # (model, cfg, device) -> {name: module | optimizer}
+    prepare: Callable | None = None  # (model, cfg, forget records) -> None: once, before parameters are chosen
     budget: str = "forget"  # forget | retain: the set an epoch passes over
 
     @property
