@@ -53,7 +53,7 @@ _TOKEN_KEYS = ("token_logp", "mu", "sigma", "hits")  # per-token lists: used for
 
 @dataclass
 class EvalConfig:
-    suite: str = "full"  # basic | full
+    suite: str = "full"  # basic | full | internal (internal: no logit metric here; see metrics/internal.py)
     batch_size: int = 64  # sequences per scoring forward pass
     max_new_tokens: int = 32  # generation cap
     mia_k: float = 0.4  # Min-K% / Min-K%++ fraction
@@ -343,6 +343,8 @@ def evaluate(
         (metrics, examples): flat ``{name: value}`` and per-example rows (each with ``set`` and ``index``).
     """
     cfg = cfg or EvalConfig()
+    if cfg.suite == "internal":  # only the internal evaluators (unlearn.metrics.internal): no logit metric
+        return {}, []
     shard = _Shard(accelerator)
     was_training = model.training
     model.eval()

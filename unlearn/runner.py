@@ -35,7 +35,8 @@ from unlearn.targets.resolve import Target, embedded_cfg, prompt_format, resolve
 from unlearn.train import unlearn_model
 from unlearn.workflow import claim_run, files_hash, read_resolved
 
-SUITES = ("basic", "full")
+SUITES = ("basic", "full", "internal")
+INTERNAL_SUITES = ("full", "internal")  # the suites that run the internal evaluators (unlearn.metrics.internal)
 
 
 def check_suite(suite: str) -> None:
@@ -84,9 +85,68 @@ def _sets_for(tgt_cfg, benchmark: str, split: str, files: DataFiles):
 
 def _oracle_eval(oracle_dir: str | None, tok, fmt, sets, ecfg) -> dict | None:
     """The oracle's cached evaluation (every process reads, or computes and atomically writes, the same file)."""
-    if not oracle_dir:
+    if not oracle_dir or ecfg.suite == "internal":
         return None
     return cached_evaluate(oracle_dir, lambda: load_causal_lm(oracle_dir), tok, fmt, sets, ecfg)
+
+
+def _internal_suite(spec, tok, fmt, sets, retain_train, original: str | None, oracle: str | None):
+    """The internal evaluators bound to this evaluation (references loaded lazily, hidden states cached)."""
+    from unlearn.metrics.internal import FixedModel, InternalConfig, InternalSuite, probe_split
+
+    icfg = InternalConfig()
+
+    def fixed(path):
+        return FixedModel(path, lambda: load_causal_lm(path)) if path else None
+
+    def vectors():
+        return drift_input(spec, original, sets.get("forget", []))
+
+    probe = probe_split(retain_train, sets.get("retain", []), icfg)
+    return InternalSuite(tok, fmt, sets, probe, fixed(original), fixed(oracle), vectors, icfg)
+
+
+def drift_input(spec, original: str | None, forget: list[dict]):
+    """The validated concept vectors of the forget entities, with the original model; None when there are none.
+
+    Vectors come from ``<original>/concept_vectors.json`` or the shipped embedded-target file, and count only when
+    the file's ``model_digest`` is the original's (its card digest for a built target, else its weights digest):
+    vectors located on other weights are never applied.
+    """
+    from unlearn.concepts import load_vectors, package_vectors_path, weights_digest
+    from unlearn.metrics.concept_drift import DriftInput
+
+    if not original or not Path(original).is_dir():
+        return None
+    card = Path(original) / "card.json"
+    try:
+        digest = read_json(card).get("digest") if card.is_file() else weights_digest(original)
+    except UnlearnError:
+        return None
+    entities = {r.get("entity") for r in forget if r.get("entity")}
+    for p in (Path(original) / "concept_vectors.json", package_vectors_path()):
+        if p.is_file():
+            doc = load_vectors(p)
+            if doc.get("model_digest") == digest:
+                vecs = [v for v in doc["vectors"] if v.get("passed") and v.get("kind", "entity") == "entity"
+                        and v.get("concept") in entities]  # fmt: skip
+                return DriftInput(load_causal_lm(original), vecs) if vecs else None
+    return None
+
+
+def _internal(suite, model, accelerator, main: bool, rdir: Path | None) -> dict:
+    """Run the internal suite on the candidate; on the main process write layers.csv / layers.png (with the
+    original's and the oracle's per-layer series, from their cached evaluations) into ``rdir``."""
+    m, rows = suite.evaluate(model, accelerator=accelerator)
+    if main and rdir is not None:
+        from unlearn.metrics.internal import write_layers
+
+        series = {"candidate": rows}
+        for label, fm in (("original", suite.original), ("oracle", suite.oracle)):
+            if fm is not None:
+                series[label] = suite.cached(fm.path, fm.load, label)["layers"]
+        write_layers(rdir, series)
+    return m
 
 
 # ----------------------------------------------------------------------------------------------- run
@@ -151,6 +211,9 @@ def run(a: RunArgs, log=print, accelerator=None) -> Path:
         )  # fmt: skip
         oracle = _oracle_eval(odir, tok, fmt, sets, ecfg)
         metrics, examples = evaluate(model, tok, fmt, sets, ecfg, oracle=oracle, accelerator=accelerator)
+        if a.suite in INTERNAL_SUITES:
+            suite = _internal_suite(spec, tok, fmt, sets, retain_train, orig or tdir, odir)
+            metrics.update(_internal(suite, model, accelerator, main, rdir))
         if main:
             metrics.update(cost_metrics(summary, time.time() - t0))
             if a.save_model:
@@ -200,7 +263,7 @@ def evaluate_checkpoint(a: EvalArgs, log=print, accelerator=None) -> tuple[dict,
         odir = None
     tok = load_tokenizer(tdir)
     fmt = prompt_format(a.prompt, tok, bool(spec.embedded), a.model)
-    sets, _, _ = _sets_for(bcfg, a.benchmark, a.split, a.files)
+    sets, _, retain_train = _sets_for(bcfg, a.benchmark, a.split, a.files)
     ecfg = EvalConfig(suite=a.suite)
     claim = None
     if a.out:
@@ -220,6 +283,9 @@ def evaluate_checkpoint(a: EvalArgs, log=print, accelerator=None) -> tuple[dict,
         oracle = _oracle_eval(odir, tok, fmt, sets, ecfg)
         metrics, examples = evaluate(model, tok, fmt, sets, ecfg, oracle=oracle, progress=main and a.progress,
                                      accelerator=accelerator)  # fmt: skip
+        if a.suite in INTERNAL_SUITES:
+            suite = _internal_suite(spec, tok, fmt, sets, retain_train, orig, odir)
+            metrics.update(_internal(suite, model, accelerator, main, Path(a.out) if a.out else None))
         if a.lm_eval_tasks:
             from unlearn.metrics.lm_eval import run_lm_eval  # heavy and optional: lm-eval imports ~2 s
 
@@ -256,13 +322,21 @@ def compare_table(rdir: Path, log=print) -> dict[str, dict]:
         _, model_path, oracle_path, _, bcfg = resolve_paths(res["model"], res["benchmark"], res["split"], log=log)
     tok = load_tokenizer(model_path)
     fmt = PromptFormat(**res["prompt_format"])
-    sets, _, _ = _sets_for(bcfg, res["benchmark"], res["split"], DataFiles(**res["data_files"]))
+    sets, _, retain_train = _sets_for(bcfg, res["benchmark"], res["split"], DataFiles(**res["data_files"]))
     ecfg = EvalConfig(**res["eval_config"])
     oracle = _oracle_eval(oracle_path, tok, fmt, sets, ecfg)
-    target = cached_evaluate(model_path, lambda: load_causal_lm(model_path), tok, fmt, sets, ecfg, oracle=oracle)
-    cols = {"target": target["metrics"], res["method"]: read_json(Path(rdir) / "metrics.json")}
-    if oracle:
-        cols["oracle"] = oracle["metrics"]
+    if ecfg.suite == "internal":
+        target = {"metrics": {}}
+    else:
+        target = cached_evaluate(model_path, lambda: load_causal_lm(model_path), tok, fmt, sets, ecfg, oracle=oracle)
+    cols = {"target": dict(target["metrics"]), res["method"]: read_json(Path(rdir) / "metrics.json")}
+    if oracle_path and (oracle or ecfg.suite == "internal"):
+        cols["oracle"] = dict(oracle["metrics"]) if oracle else {}
+    if ecfg.suite in INTERNAL_SUITES:  # the two ends of the internal scale: the original itself and the oracle
+        suite = _internal_suite(spec, tok, fmt, sets, retain_train, model_path, oracle_path)
+        cols["target"].update(suite.cached(model_path, suite.original.load, "original")["metrics"])
+        if "oracle" in cols:
+            cols["oracle"].update(suite.cached(oracle_path, suite.oracle.load, "oracle")["metrics"])
     return cols
 
 

@@ -1,7 +1,7 @@
 """`unlearn eval`: evaluate any checkpoint without changing it.
 
-LLM (an alias, HF id or directory): the benchmark split's suite (basic | full), optional lm-eval tasks, against the
-known oracle (or ``--oracle``). Diffusion (``tinyshapes`` or a diffusers directory, detected by
+LLM (an alias, HF id or directory): the benchmark split's suite (basic | full | internal), optional lm-eval tasks,
+against the known oracle (or ``--oracle``). Diffusion (``tinyshapes`` or a diffusers directory, detected by
 ``model_index.json``): the erasure metrics of ``--concept`` against ``--original``. ``--out`` is the run directory
 itself (config.json, metrics.json, examples.jsonl directly in it).
 """

@@ -19,11 +19,11 @@ def scratch(monkeypatch):
 
 
 def test_templates_match_only_their_values(scratch):
-    scratch.register_metric("{set}_cka_{ref}", "representation", "higher", "d", values={
+    scratch.register_metric("{set}_scratch_{ref}", "representation", "higher", "d", values={
         "set": ("forget", "retain"), "ref": ("original", "oracle")})  # fmt: skip
     scratch.register_metric("layer{n}_norm", "representation", "none", "any layer index")
-    assert scratch.lookup("forget_cka_oracle").name == "{set}_cka_{ref}"
-    assert scratch.lookup("holdout_cka_oracle") is None and scratch.lookup("forget_cka_target") is None
+    assert scratch.lookup("forget_scratch_oracle").name == "{set}_scratch_{ref}"
+    assert scratch.lookup("holdout_scratch_oracle") is None and scratch.lookup("forget_scratch_target") is None
     assert scratch.lookup("layer12_norm").direction == "none" and scratch.lookup("layer_norm") is None
 
 
