@@ -77,7 +77,7 @@ def main(argv=None) -> int:
         if "oracle" in table:
             cols.setdefault("oracle", table["oracle"])
         cols[label] = read_json(rdir / "metrics.json")
-        cols[label].update(_located_drift(rdir / "model", table))
+        cols[label].update(_located_drift(rdir / "model", a.split))
         with open(rdir / "layers.csv") as f:
             layers[label] = list(csv.DictReader(f))
         print(f"{label}: {time.time() - t0:.0f} s", flush=True)
@@ -98,7 +98,7 @@ def main(argv=None) -> int:
     return 0
 
 
-def _located_drift(model_dir: Path, table: dict) -> dict:
+def _located_drift(model_dir: Path, split: str) -> dict:
     """Drift of the forget entities' *located* (not validated) concept vectors, candidate vs the original: what
     the cv_* keys would hold if validation had passed (none does on the shipped target)."""
     from unlearn.concepts import drift, load_vectors, package_vectors_path
@@ -106,8 +106,8 @@ def _located_drift(model_dir: Path, table: dict) -> dict:
     from unlearn.targets.llm import load_causal_lm
     from unlearn.targets.resolve import resolve_paths
 
-    _, tdir, _, _, bcfg = resolve_paths("tiny", "tinyfacts", "forget10", log=lambda *x: None)
-    sets, _, _ = load_sets("tinyfacts", "forget10", DataFiles(), bcfg.data)
+    _, tdir, _, _, bcfg = resolve_paths("tiny", "tinyfacts", split, log=lambda *x: None)
+    sets, _, _ = load_sets("tinyfacts", split, DataFiles(), bcfg.data)
     ents = {r["entity"] for r in sets["forget"]}
     vecs = [v for v in load_vectors(package_vectors_path())["vectors"] if v["concept"] in ents]
     res = drift(load_causal_lm(tdir), load_causal_lm(str(model_dir)), vecs)["means"]
@@ -147,6 +147,7 @@ def _plot(layers: dict[str, list], path: Path) -> None:
     axes[1].set_title("probe accuracy on forget answers, per block", fontsize=10)
     for ax in axes:
         ax.set_xlabel("block")
+        ax.set_xticks(sorted({int(r["layer"]) for rows in layers.values() for r in rows}))
         ax.set_ylim(-0.02, 1.02)
         ax.grid(alpha=0.3)
     axes[1].legend(fontsize=8)

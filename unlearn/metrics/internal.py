@@ -406,6 +406,7 @@ def plot_layers(series: dict[str, list[dict]], path: Path) -> None:
     axes[2].set_ylim(-0.02, 1.02)
     for ax in axes:
         ax.set_xlabel("block")
+        ax.set_xticks(sorted({r["layer"] for rows in series.values() for r in rows}))
         ax.grid(alpha=0.3)
     axes[2].legend(fontsize=8, loc="best")
     fig.tight_layout()
