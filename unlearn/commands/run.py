@@ -15,7 +15,12 @@ def add_data_args(p) -> None:
     p.add_argument("--retain", help="your own retain set (JSONL)")
     p.add_argument("--holdout", help="your own holdout set (JSONL, never trained on; for MIA)")
     p.add_argument("--prompt", help="prompt format: plain | chat | a template with {question}")
-    p.add_argument("--suite", default="full", help="metric suite: basic | full (logit + internal) | internal (representation, probes, lens, concept vectors only)")
+    p.add_argument(
+        "--suite",
+        default="full",
+        help="metric suite: basic | full (logit + internal) | internal (representation, probes, "
+        "lens, concept vectors only)",
+    )
 
 
 def add_claim_args(p) -> None:
