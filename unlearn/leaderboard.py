@@ -43,6 +43,8 @@ HEADLINE = [
     "arithmetic_acc",
     "privleak",
     "mia_min_k_auc",
+    "forget_cka_original",  # internal suite: hidden states still the original's on forget inputs?
+    "forget_probe_acc",  # internal suite: forget answers still linearly recoverable?
     "cost_seconds",
 ]
 ARROWS = {"higher": "↑", "lower": "↓", "oracle": "≈oracle"}

@@ -127,3 +127,18 @@ def test_shipped_target_probe_recovers_forget_answers_the_oracle_does_not():
     assert mt["forget_probe_ci_low"] > 10 * mt["forget_probe_chance"]
     assert mo["forget_probe_acc"] < mt["forget_probe_ci_low"] - 0.2
     assert mo["forget_cka_oracle"] == pytest.approx(1.0, abs=1e-9) and mo["forget_cka_original"] < 0.95
+
+
+def test_eval_suite_internal_writes_only_internal_keys_and_layers(micro, tmp_path, capsys):
+    """`unlearn eval --suite internal`: no logit key, every internal key, layers.csv with the three models."""
+    from unlearn.cli import main
+
+    rc = main(["eval", "--model", "tiny-micro", "--suite", "internal", "--out", str(tmp_path / "e"), "--no-progress"])
+    out = capsys.readouterr().out
+    import json
+
+    m = json.loads((tmp_path / "e" / "metrics.json").read_text())
+    assert rc == 0 and set(m) - {"schema_version"} == KEYS and "forget_probe_acc" in out
+    with open(tmp_path / "e" / "layers.csv") as f:
+        assert {r["model"] for r in csv.DictReader(f)} == {"candidate", "original", "oracle"}
+    assert (tmp_path / "e" / "layers.png").exists()
