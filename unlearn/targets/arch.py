@@ -52,7 +52,8 @@ SUPPORTED = tuple(sorted(_PATHS))
 
 def _bare(model: nn.Module) -> nn.Module:
     """The bare transformers model under DDP / accelerate / peft / torch.compile wrappers."""
-    return getattr(_unwrap(model), "_orig_mod", _unwrap(model))
+    model = _unwrap(model)
+    return getattr(model, "_orig_mod", model)
 
 
 def _get(root: nn.Module, path: str) -> nn.Module:
