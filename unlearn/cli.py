@@ -22,6 +22,7 @@ COMMANDS = [
     "unlearn.commands.leaderboard",
     "unlearn.commands.tofu_aggregate",
     "unlearn.commands.concept_vectors",
+    "unlearn.commands.audit",
 ]
 
 
