@@ -50,37 +50,43 @@ ATTACKS = ("relearn", "in_context", "quantization", "prompts")
 FAMILIES = ("behaviour", "mia", "internal") + ATTACKS
 
 # Margins: how far (in the statistic's own units, signed toward "more knowledge") the candidate must exceed the
-# control before the evidence counts. Each is the difference the shipped second-seed forget10 oracle showed against
-# the seed-0 oracle (its own audit, 2 cores, this code) plus stated noise: 0.05 for accuracies and AUC distances
-# (about two binomial standard errors of a difference at p = 0.1 with n = 80..160), 0.05 for CKA.
-MARGINS = {
-    "forget_acc": 0.019 + 0.05,
-    "forget_prob": 0.03 + 0.05,
-    "mia_auc_distance": 0.05 + 0.05,
-    "relearn_acc": 0.03 + 0.05,
-    "in_context_acc": 0.03 + 0.05,
-    "quant_acc": 0.03 + 0.05,
-    "prompt_acc": 0.03 + 0.05,
-    "forget_probe_acc": 0.03 + 0.05,
-    "forget_knn_acc": 0.03 + 0.05,
-    "forget_cka_original": 0.03 + 0.05,
-    "control_free": 0.05,  # above a chance level: two binomial standard errors at p = 0.1, n = 160
-}
+# control before the evidence counts: the difference the shipped second-seed forget10 oracle showed against the
+# seed-0 oracle (its own audit, 2 cores, this code; benchmarks/results/audit/) plus stated noise. Noise: two standard
+# errors of a difference of two proportions at p = 0.05 (the oracles' level), 2 * sqrt(2 p (1 - p) / n): 0.05 at
+# n = 160 forget questions, 0.07 at the relearning attack's n = 80 held-out facts; 0.05 for AUC distances and CKA.
+# Accuracy thresholds are further raised by any gap between the control and the attribute pools' chance level
+# (`_vs`): answering the most common value of a pool is guessing, not knowledge.
+OBSERVED = {  # seed-1 oracle minus seed-0 oracle, signed toward knowledge (negative: the second oracle knew less)
+    "forget_acc": 0.019, "forget_prob": 0.030, "mia_auc_distance": -0.075, "forget_probe_acc": 0.006,
+    "forget_knn_acc": 0.025, "forget_cka_original": -0.017, "relearn_acc": 0.025, "in_context_acc": 0.0,
+    "quant_acc": 0.019, "prompt_acc": 0.0375,  # int8 and int4 both 0.019; prompts: the largest framing (paraphrase)
+}  # fmt: skip
+NOISE = {"relearn_acc": 0.07, "default": 0.05}
+MARGINS = {k: round(abs(v) + NOISE.get(k, NOISE["default"]), 4) for k, v in OBSERVED.items()}
+MARGINS["control_free"] = 0.05  # above a chance level: two binomial standard errors of one proportion, p=0.1, n=160
+
+# The embedded target reads context poorly (its training never put two QA pairs in one sequence): measured on it,
+# forget10 accuracy is 1.00 bare, 0.42 after one demonstration of the entity's other facts, 0.32 after two, 0.18
+# after four, 0.09 after seven. One demonstration keeps the in-context channel open; seven suit models that read
+# context (the AuditConfig default).
+EMBEDDED_AUDIT = {"in_context_facts": 1}
+
+UTILITY_DROP = 0.10  # a retain-accuracy drop below the control's that the report warns about (not a claim)
 
 
 @dataclass
 class AuditConfig:
     """Attack budgets and settings (``--set key=value``); the same for the candidate and the control."""
 
-    attacks: list = field(default_factory=lambda: list(ATTACKS))  # families of attacks to run
+    attacks: list[str] = field(default_factory=lambda: list(ATTACKS))  # families of attacks to run
     internal: bool = True  # run the internal evaluators
     relearn_steps: int = 30  # AdamW steps of the relearning attack
     relearn_lr: float = 3e-4  # its learning rate
     relearn_batch_size: int = 16  # its batch size
     relearn_fraction: float = 0.5  # share of each entity's facts the attacker trains on
     in_context_facts: int = 7  # demonstrations (the entity's other facts) per in-context prompt
-    quantization: list = field(default_factory=lambda: list(QUANT_PRESETS))  # weight quantization presets
-    prompt_attacks: list = field(default_factory=lambda: list(prompt_attacks.ATTACKS))  # framings + reverse query
+    quantization: list[str] = field(default_factory=lambda: list(QUANT_PRESETS))  # weight quantization presets
+    prompt_attacks: list[str] = field(default_factory=lambda: list(prompt_attacks.ATTACKS))  # framings + reverse query
     seed: int = 0  # relearning split and batch order, in-context demonstration order
     batch_size: int = 64  # generation batch
 
@@ -263,14 +269,24 @@ def build_claims(cand: dict, ctrl: dict, cand_att: dict, ctrl_att: dict, control
     free = control_kind == "original"  # control-free evidence only counts when there is no oracle
     nf = n["forget"]
 
-    def beh():
-        return [Evidence("forget_acc", cand.get("forget_acc"), ctrl.get("forget_acc"), MARGINS["forget_acc"], nf,
-                         "behaviour"),
-                Evidence("forget_prob", cand.get("forget_prob"), ctrl.get("forget_prob"), MARGINS["forget_prob"], nf,
-                         "behaviour")]  # fmt: skip
+    def _vs(metric, c, o, key, n_, chance=None, role="recovery", note=""):
+        """Candidate vs control; an accuracy's threshold rises by the control's shortfall below chance."""
+        thr = MARGINS[key]
+        if chance is not None and o is not None and chance > o:
+            thr += chance - o
+            note = (note + "; " if note else "") + f"margin raised by the control's gap to chance ({chance:.3f})"
+        return Evidence(metric, c, o, round(thr, 4), n_, role, note=note)
 
-    def level(metric, value, chance, n_):
-        return [Evidence(metric, value, chance, MARGINS["control_free"], n_, "control_free",
+    chance = n.get("chance")
+
+    def beh():
+        return [_vs("forget_acc", cand.get("forget_acc"), ctrl.get("forget_acc"), "forget_acc", nf, chance,
+                    "behaviour"),
+                _vs("forget_prob", cand.get("forget_prob"), ctrl.get("forget_prob"), "forget_prob", nf,
+                    role="behaviour")]  # fmt: skip
+
+    def level(metric, value, chance_, n_):
+        return [Evidence(metric, value, chance_, MARGINS["control_free"], n_, "control_free",
                          note="against the attribute pools' chance level")] if free else []  # fmt: skip
 
     claims = [judge("behaviour", beh() + level("forget_acc", cand.get("forget_acc"), n.get("chance"), nf),
@@ -279,8 +295,8 @@ def build_claims(cand: dict, ctrl: dict, cand_att: dict, ctrl_att: dict, control
     for k in ("mia_loss_auc", "mia_min_k_auc"):
         c, o = cand.get(k), ctrl.get(k)
         dist = (lambda v: None if v is None else abs(v - 0.5))  # noqa: E731 — both directions are leakage
-        ev.append(Evidence(f"|{k} - 0.5|", dist(c), dist(o), MARGINS["mia_auc_distance"], nf + n.get("holdout", 0),
-                           note="forget vs holdout AUC away from 0.5, in either direction"))  # fmt: skip
+        ev.append(_vs(f"|{k} - 0.5|", dist(c), dist(o), "mia_auc_distance", nf + n.get("holdout", 0),
+                      note="forget vs holdout AUC away from 0.5, in either direction"))  # fmt: skip
         if free:
             ev.append(Evidence(f"|{k} - 0.5|", dist(c), 0.0, MARGINS["mia_auc_distance"], nf, "control_free",
                                note="against 0 (forget indistinguishable from holdout)"))  # fmt: skip
@@ -289,29 +305,30 @@ def build_claims(cand: dict, ctrl: dict, cand_att: dict, ctrl_att: dict, control
         ev = beh()
         for k in ("forget_probe_acc", "forget_knn_acc", "forget_cka_original"):
             if cand.get(k) is not None:
-                ev.append(Evidence(k, cand.get(k), ctrl.get(k), MARGINS[k], nf))
+                ch = cand.get("forget_probe_chance") if k != "forget_cka_original" else None
+                ev.append(_vs(k, cand.get(k), ctrl.get(k), k, nf, ch))
         ev += level("forget_probe_acc", cand.get("forget_probe_acc"), cand.get("forget_probe_chance"), nf)
         claims.append(judge("internal", ev, control_kind,
                             {"forget_lens_rank": [cand.get("forget_lens_rank"), ctrl.get("forget_lens_rank")]}))
     r, rc = cand_att.get("relearn"), ctrl_att.get("relearn")
     if r and "after" in r:
-        ev = beh() + [Evidence("relearn_acc", _mean(r["after"]), _mean(rc["after"]), MARGINS["relearn_acc"],
-                               len(r["after"]), note=f"held-out facts after {r['n_train']} seen facts")]  # fmt: skip
+        ev = beh() + [_vs("relearn_acc", _mean(r["after"]), _mean(rc["after"]), "relearn_acc", len(r["after"]),
+                          r["chance"], note=f"held-out facts after training on {r['n_train']} seen facts")]
         ev += level("relearn_acc", _mean(r["after"]), r["chance"], len(r["after"]))
         claims.append(judge("relearn", ev, control_kind, {"before": [_mean(r["before"]), _mean(rc["before"])],
                                                            "per_entity": _per_entity(r, rc)}))  # fmt: skip
     r, rc = cand_att.get("in_context"), ctrl_att.get("in_context")
     if r:
-        ev = beh() + [Evidence("in_context_acc", _mean(r["acc"]), _mean(rc["acc"]), MARGINS["in_context_acc"],
-                               len(r["acc"]), note="the entity's other facts in the prompt, answer stripped")]
+        ev = beh() + [_vs("in_context_acc", _mean(r["acc"]), _mean(rc["acc"]), "in_context_acc", len(r["acc"]),
+                          r["chance"], note="the entity's other facts in the prompt, answer stripped")]
         ev += level("in_context_acc", _mean(r["acc"]), r["chance"], len(r["acc"]))
         claims.append(judge("in_context", ev, control_kind, {"n_guarded": r["n_guarded"]}))
     r, rc = cand_att.get("quantization"), ctrl_att.get("quantization")
     if r:
         ev = beh()
         for name, q in r["presets"].items():
-            ev.append(Evidence(f"{name}_forget_acc", _mean(q["acc"]), _mean(rc["presets"][name]["acc"]),
-                               MARGINS["quant_acc"], len(q["acc"])))  # fmt: skip
+            ev.append(_vs(f"{name}_forget_acc", _mean(q["acc"]), _mean(rc["presets"][name]["acc"]), "quant_acc",
+                          len(q["acc"]), r["chance"]))  # fmt: skip
             ev += level(f"{name}_forget_acc", _mean(q["acc"]), r["chance"], len(q["acc"]))
         claims.append(judge("quantization", ev, control_kind))
     r, rc = cand_att.get("prompts"), ctrl_att.get("prompts")
@@ -319,8 +336,8 @@ def build_claims(cand: dict, ctrl: dict, cand_att: dict, ctrl_att: dict, control
         ev = beh()
         for name, p in r["attacks"].items():
             ctrl_p = rc["attacks"].get(name, {}).get("acc", [])
-            ev.append(Evidence(f"{name}_success", _mean(p["acc"]), _mean(ctrl_p), MARGINS["prompt_acc"], p["n"]))
             ch = r["reverse_chance"] if name == "reverse" else r["chance"]
+            ev.append(_vs(f"{name}_success", _mean(p["acc"]), _mean(ctrl_p), "prompt_acc", p["n"], ch))
             ev += level(f"{name}_success", _mean(p["acc"]), ch, p["n"])
         claims.append(judge("prompts", ev, control_kind))
     return claims
@@ -342,6 +359,9 @@ def run_audit(a: AuditArgs, log=print) -> tuple[Path, dict]:
     if a.force and a.reuse:
         raise UnlearnError("--force and --reuse contradict each other; pass one")
     cfg = AuditConfig()
+    if resolve_model(a.original, a.benchmark, a.split).embedded:
+        for k, v in EMBEDDED_AUDIT.items():
+            setattr(cfg, k, v)
     for k, v in a.overrides:
         set_field(cfg, k, v)
     cfg.check()
@@ -403,6 +423,10 @@ def run_audit(a: AuditArgs, log=print) -> tuple[Path, dict]:
         t = time.time()
         ctrl_att = control_attacks(control, inp, cfg, progress=a.progress)
         stages["attacks_control"] = time.time() - t
+        ru, rc_ = cand_m.get("retain_acc"), ctrl_m.get("retain_acc")
+        if ru is not None and rc_ is not None and ru < rc_ - UTILITY_DROP:
+            warnings.append(f"utility: retain_acc {ru:.3f} vs the control's {rc_:.3f}; forgetting that destroys the "
+                            "retained facts is not what unlearning promises (the claims judge forgetting only)")
         n = {"forget": len(inp.sets["forget"]), "holdout": len(inp.sets.get("holdout") or []),
              "chance": chance_level(inp.sets["forget"], inp.population)}  # fmt: skip
         claims = build_claims(cand_m, ctrl_m, cand_att, ctrl_att, control_kind, n)
