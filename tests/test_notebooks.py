@@ -35,7 +35,7 @@ CHECKS = {
 
 
 def test_notebooks_exist():
-    assert {"quickstart.ipynb", "diffusion_erasure.ipynb"} <= set(NOTEBOOKS)
+    assert {"quickstart.ipynb", "diffusion_erasure.ipynb", "audit_walkthrough.ipynb"} <= set(NOTEBOOKS)
     assert set(NOTEBOOKS) <= set(CHECKS), "a new notebook needs an entry in CHECKS"
 
 
@@ -101,8 +101,11 @@ def _text(cell) -> str:
 
 
 def _check_audit(nb):
-    report = ast.literal_eval(_text(_tagged(nb, "metrics")))
-    assert report["verdict"] and isinstance(report["claims"], list) and report["claims"]
+    verdicts = ("not_forgotten", "suppressed", "forgotten")
+    shown = ast.literal_eval(_text(_tagged(nb, "metrics")))
+    assert shown["verdict"] in verdicts and shown["control"] == "oracle"
+    assert "behaviour" in shown["claims"] and set(shown["claims"].values()) <= set(verdicts)
+    assert shown["verdict"] == min(shown["claims"].values(), key=verdicts.index)  # the minimum over claims
 
 
 @pytest.mark.slow
