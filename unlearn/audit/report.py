@@ -236,8 +236,13 @@ def html_report(report: dict, rdir: Path) -> str:
     for para in HOW_TO_READ.split("\n\n"):
         lines = para.strip().splitlines()
         if lines and lines[0].startswith("* "):
-            items = " ".join(lines).split("* ")[1:]
-            parts.append("<ul>" + "".join(f"<li>{_md_inline(i.strip())}</li>" for i in items) + "</ul>")
+            items: list[str] = []
+            for ln in lines:  # a bullet starts a line with "* "; indented lines continue it
+                if ln.startswith("* "):
+                    items.append(ln[2:].strip())
+                else:
+                    items[-1] += " " + ln.strip()
+            parts.append("<ul>" + "".join(f"<li>{_md_inline(i)}</li>" for i in items) + "</ul>")
         else:
             parts.append(f"<p>{_md_inline(' '.join(lines))}</p>")
     parts.append("</div><h2>Provenance</h2><ul>")

@@ -107,13 +107,15 @@ def judge(name: str, evidence: list[Evidence], control_kind: str, details: dict 
     if up:
         what = ", ".join(f"{e.metric} {e.candidate:.3f} vs {'level' if e.role == 'control_free' else 'control'} "
                          f"{e.control:.3f}" for e in up)  # fmt: skip
-        return Claim(name, "suppressed", evidence, f"behaviour at the control's level, but recovered: {what}",
-                     details or {})  # fmt: skip
+        base = ("behaviour at the control's level" if control_kind == "oracle"
+                else "behaviour dropped below the original's")  # fmt: skip
+        return Claim(name, "suppressed", evidence, f"{base}, but recovered: {what}", details or {})
     if control_kind == "original" and not free:
         return Claim(name, "suppressed", evidence, "no oracle and no control-free evidence in this family: the "
                      "verdict is capped at suppressed (pass --oracle to judge it)", details or {})  # fmt: skip
-    return Claim(name, "forgotten", evidence, "behaviour and every attack / evaluator at the control's level",
-                 details or {})  # fmt: skip
+    why = ("behaviour and every attack / evaluator at the control's level" if control_kind == "oracle" else
+           "behaviour dropped below the original's and every control-free statistic stays at its level")  # fmt: skip
+    return Claim(name, "forgotten", evidence, why, details or {})
 
 
 def overall(claims: list[Claim]) -> str:
