@@ -18,7 +18,7 @@ export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup eval test test-fast test-slow quality style leaderboard bench clean
+.PHONY: setup eval test test-fast test-slow quality style leaderboard bench audit clean
 
 setup: $(STAMP)
 
@@ -51,6 +51,12 @@ quality: setup
 style: setup
 	$(VENV)/bin/ruff check --fix unlearn tests benchmarks
 	$(VENV)/bin/ruff format unlearn tests benchmarks
+
+# make audit ORIGINAL=tiny CANDIDATE=path/to/model OUT=report/  (ARGS: e.g. --set relearn_steps=100)
+ORIGINAL ?= tiny
+audit: setup
+	@test -n "$(CANDIDATE)" || (echo "make audit needs CANDIDATE=DIR (and OUT=DIR)" >&2; exit 2)
+	$(UNLEARN) audit --original $(ORIGINAL) --candidate $(CANDIDATE) --out $(if $(filter runs,$(OUT)),report,$(OUT)) $(ARGS)
 
 leaderboard: setup
 	$(UNLEARN) build tinyfacts --splits forget01,forget05,forget10

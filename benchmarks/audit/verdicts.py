@@ -61,6 +61,31 @@ def build_idk(out: Path) -> Path:
     return d
 
 
+def _plot(rows: list[dict], path: Path) -> None:
+    """Candidates x claims, coloured by verdict, with the headline statistic of each cell."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.colors import ListedColormap
+
+    claims = [k[len("claim_") :] for k in rows[0] if k.startswith("claim_")]
+    order = {"not_forgotten": 0, "suppressed": 1, "forgotten": 2}
+    grid = [[order[r[f"claim_{c}"]] for c in claims] + [order[r["verdict"]]] for r in rows]
+    fig, ax = plt.subplots(figsize=(1.1 * len(claims) + 2.5, 0.55 * len(rows) + 1.5))
+    ax.imshow(grid, cmap=ListedColormap(["#c0392b", "#e67e22", "#27ae60"]), vmin=0, vmax=2, aspect="auto")
+    ax.set_xticks(range(len(claims) + 1), [*claims, "VERDICT"], rotation=30, ha="right", fontsize=8)
+    ax.set_yticks(range(len(rows)), [r["candidate"] for r in rows], fontsize=8)
+    for i, r in enumerate(rows):
+        for j, c in enumerate([*claims, "verdict"]):
+            v = r[f"claim_{c}"] if c != "verdict" else r["verdict"]
+            ax.text(j, i, v.replace("_", " "), ha="center", va="center", fontsize=6, color="white")
+    ax.set_title("unlearn audit on the embedded target, forget10 (control: seed-0 oracle)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", default="/tmp/audit_runs")
@@ -120,6 +145,7 @@ def main(argv=None) -> int:
     md = ["| " + " | ".join(cols) + " |", "|---" * len(cols) + "|"]
     md += ["| " + " | ".join(fmt(r.get(c, "")) for c in cols) + " |" for r in rows]
     (res / "verdicts.md").write_text("\n".join(md) + "\n")
+    _plot(rows, res / "verdicts.png")
     print("\n".join(md))
     return 0
 
