@@ -42,7 +42,7 @@ from unlearn.data.benchmarks import DataFiles, check_split, data_hash, load_sets
 from unlearn.errors import UnlearnError, unknown_name
 from unlearn.evaluate import EvalConfig, cached_evaluate, evaluate
 from unlearn.store import atomic_write_json, read_json, unlearn_home
-from unlearn.targets.llm import load_causal_lm, load_tokenizer, resolve_model_dir
+from unlearn.targets.llm import load_causal_lm, load_tokenizer
 from unlearn.targets.resolve import prompt_format, resolve_paths
 from unlearn.workflow import claim_run, versions
 
@@ -122,12 +122,8 @@ class AuditArgs:
 
 # ----------------------------------------------------------------------------------------------- inputs
 def _local_dir(name: str) -> str:
-    """A local directory for an alias, a directory or a cached HF id (offline)."""
-    spec = resolve_model(name)
-    if spec.embedded:
-        return resolve_paths(name, "tinyfacts", "forget10", need_oracle=False, log=lambda *a: None)[1]
-    src, local = resolve_model_dir(spec.target)
-    return src if local else str(checks.local_model_dir(src))
+    """A local directory for an alias, a directory or a cached HF id (offline; nothing is downloaded)."""
+    return str(checks.local_model_dir(name))
 
 
 @dataclass
