@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import base64
 import html
-import io
 from pathlib import Path
 
 from unlearn.audit.verdict import ROLES, VERDICTS
@@ -146,6 +145,28 @@ control by the stated margin; the margins were fixed in advance on models known 
 candidate. Without an oracle, a claim can only reach *forgotten* when the candidate stays at chance level.
 """
 
+HOW_TO_READ_DIFFUSION = """\
+**How to read this report.** The audit asks one question: does the candidate image model still draw the concept it
+was asked to erase? There is no model trained without the concept to compare with, so the *control* is the
+original, evaluated with the same prompts, noise and classifier (the original's classifier judges both). Each
+*claim* below is one family of evidence:
+
+* **behaviour**: on prompts that ask for the concept, how often does the classifier still see it? It must drop
+  below the original's rate by the margin, and down to the *chance level* (how often the concept appears when the
+  prompt asks for something else of the same kind).
+* **paraphrase**: synonyms and reordered prompts for the concept: does it come back?
+* **adversarial**: a text embedding optimised in closed form to bring the concept back: does it?
+
+Each claim reads **not_forgotten** (the concept rate did not drop), **suppressed** (it dropped, but the concept
+still appears above the chance level, directly or under an attack), or **forgotten** (at chance level everywhere).
+The overall verdict is the *worst* claim. Margins were fixed in advance from the binomial noise of the number of
+images, never tuned on a candidate.
+"""
+
+
+def _how_to_read(report: dict) -> str:
+    return HOW_TO_READ_DIFFUSION if report.get("kind") == "diffusion" else HOW_TO_READ
+
 
 def markdown(report: dict) -> str:
     L = [f"# Unlearning audit: **{report['verdict']}**", ""]
@@ -167,11 +188,12 @@ def markdown(report: dict) -> str:
     L += ["", "![evidence](recovery.png)", ""]
     if (report.get("figures") or {}).get("layers"):
         L += ["![per-layer CKA and probe accuracy](layers.png)", ""]
-    L += ["## How to read this report", "", HOW_TO_READ, "## Provenance", ""]
+    L += ["## How to read this report", "", _how_to_read(report), "## Provenance", ""]
     prov = report["provenance"]
     for k, v in (prov.get("inputs") or {}).items():
         L.append(f"- {k}: `{v}`")
-    L.append(f"- prompt format: `{prov.get('prompt_format')}`")
+    if prov.get("prompt_format"):
+        L.append(f"- prompt format: `{prov.get('prompt_format')}`")
     L.append(f"- seeds: `{prov.get('seeds')}`; data hash `{prov.get('data_hash')}`")
     L.append(f"- versions: `{prov.get('versions')}`")
     for who, files in (prov.get("digests") or {}).items():
@@ -233,7 +255,7 @@ def html_report(report: dict, rdir: Path) -> str:
     if lay:
         parts.append(f"<h2>Per-layer representation similarity and probe accuracy</h2><img alt='layers' src='{lay}'>")
     parts.append("<h2>How to read this report</h2><div class='how'>")
-    for para in HOW_TO_READ.split("\n\n"):
+    for para in _how_to_read(report).split("\n\n"):
         lines = para.strip().splitlines()
         if lines and lines[0].startswith("* "):
             items: list[str] = []
@@ -249,7 +271,8 @@ def html_report(report: dict, rdir: Path) -> str:
     prov = report["provenance"]
     for k, val in (prov.get("inputs") or {}).items():
         parts.append(f"<li>{e(k)}: <code>{e(str(val))}</code></li>")
-    parts.append(f"<li>prompt format: <code>{e(str(prov.get('prompt_format')))}</code></li>")
+    if prov.get("prompt_format"):
+        parts.append(f"<li>prompt format: <code>{e(str(prov.get('prompt_format')))}</code></li>")
     parts.append(f"<li>versions: <code>{e(str(prov.get('versions')))}</code></li>")
     for who, files in (prov.get("digests") or {}).items():
         if files:
@@ -279,5 +302,13 @@ def write_reports(rdir: Path, report: dict) -> None:
     atomic_write_text(rdir / "report.html", html_report(report, rdir))
 
 
-__all__ = ["REPORT_FILES", "validate", "write_reports", "markdown", "html_report", "recovery_figure", "HOW_TO_READ"]
-_ = io  # matplotlib writes files directly; io kept for callers rendering in memory
+__all__ = [
+    "REPORT_FILES",
+    "validate",
+    "write_reports",
+    "markdown",
+    "html_report",
+    "recovery_figure",
+    "HOW_TO_READ",
+    "HOW_TO_READ_DIFFUSION",
+]
