@@ -46,7 +46,7 @@ from unlearn.loop import (
     step_indices,
     total_steps,
 )
-from unlearn.targets.llm import SequenceLogProbs, collate, encode_qa, split_output
+from unlearn.targets.llm import SequenceLogProbs, collate, encode_record, split_output
 
 
 @dataclass
@@ -56,6 +56,7 @@ class _Ctx:
     ref_forget_logp: Callable | None
     norm: dict
     aux: dict = field(default_factory=dict)
+    hidden: Callable | None = None
 
 
 @dataclass
@@ -205,13 +206,14 @@ def setup(
     return Loop(acc, wrapped, ref_model, ref_cache, method, mcfg, tcfg, core, pad_id, micro, autocast, bf16, log)
 
 
-def train_step(loop: Loop, fb: list, rb: list, f_idx: list[int]) -> dict:
+def train_step(loop: Loop, fb: list, rb: list, f_idx: list[int], fa: list | None = None) -> dict:
     """Forward + backward of one global batch (this process's share), combine/mask/clip, check; the optimizer is
     NOT stepped.
 
     Args:
         fb, rb: the global batch's forget and retain (ids, labels) pairs (same on every process).
         f_idx: indices of ``fb`` in the forget set (for the cached reference log-probs).
+        fa: the forget examples' alternate-answer (ids, labels) pairs, row for row with ``fb`` (``forget_targets``).
     Returns:
         ``loss`` (global), ``grad_norm`` (before clipping), ``tokens`` (real, non-pad tokens through the trainable
         model, all processes) and the method's logs summed over the global batch's normalised contributions.
@@ -225,11 +227,13 @@ def train_step(loop: Loop, fb: list, rb: list, f_idx: list[int]) -> dict:
         "forget_tokens": float(sum(_n_answer(lab) for _, lab in fb)),
         "retain_tokens": float(sum(_n_answer(lab) for _, lab in rb)),
     }
+    if fa is not None:
+        norm.update(forget_alt_seqs=float(len(fa)), forget_alt_tokens=float(sum(_n_answer(lab) for _, lab in fa)))
     share = math.ceil(len(fb) / W)
     lo, hi = acc.process_index * share, min(len(fb), (acc.process_index + 1) * share)
     while True:
         try:
-            loss_sum, n_tok, logs = _accumulate(loop, fb, rb, f_idx, lo, hi, norm)
+            loss_sum, n_tok, logs = _accumulate(loop, fb, rb, f_idx, lo, hi, norm, fa)
             break
         except torch.cuda.OutOfMemoryError:
             if loop.micro <= 1:
@@ -258,7 +262,7 @@ def optimizer_step(loop: Loop) -> None:
     loop.core.step()
 
 
-def _accumulate(loop: Loop, fb, rb, f_idx, lo, hi, norm) -> tuple[float, int, dict]:
+def _accumulate(loop: Loop, fb, rb, f_idx, lo, hi, norm, fa=None) -> tuple[float, int, dict]:
     """Forward + backward over this process's share [lo, hi) of the global batch in micro-batches."""
     acc, W, device, pad = loop.acc, loop.acc.num_processes, loop.acc.device, loop.pad
     weight = 1.0
@@ -278,6 +282,7 @@ def _accumulate(loop: Loop, fb, rb, f_idx, lo, hi, norm) -> tuple[float, int, di
         fbatch = _device_batch(collate([fb[i] for i in fi], pad), device)
         rbatch = _device_batch(collate([rb[i] for i in ri], pad, pad_to=r_len), device)
         idx = torch.tensor([f_idx[i] for i in fi])
+        abatch = _device_batch(collate([fa[i] for i in fi], pad), device) if fa is not None else None
         seen = []  # (B,) attention masks of what went through the trainable model, for the token count
 
         def policy(*batches, full_logits=False, seen=seen):
@@ -292,16 +297,23 @@ def _accumulate(loop: Loop, fb, rb, f_idx, lo, hi, norm) -> tuple[float, int, di
             with torch.no_grad(), loop.autocast():
                 return SequenceLogProbs(loop.ref_model)(**batch, full_logits=full_logits)
 
+        def hidden(*batches, layer: int, reference: bool = False, seen=seen):
+            return _hidden(loop, list(batches), layer, reference, seen)
+
         ctx = _Ctx(
             policy,
             reference if loop.ref_model is not None else None,
             (lambda i: loop.ref_cache[i]) if loop.ref_cache is not None else None,
             norm,
             loop.core.aux,
+            hidden,
         )
         sync = contextlib.nullcontext() if ci == len(chunks) - 1 else acc.no_sync(loop.wrapped)
+        batch = {"forget": fbatch, "retain": rbatch, "forget_idx": idx}
+        if abatch is not None:
+            batch["forget_alt"] = abatch
         with sync:
-            loss, logs = loop.method.step(ctx, {"forget": fbatch, "retain": rbatch, "forget_idx": idx}, loop.mcfg)
+            loss, logs = loop.method.step(ctx, batch, loop.mcfg)
             # DDP averages over processes; the loss is already globally normalised
             loop.core.backward(loss, W * weight)
         total_loss = sum(loss.values()) if isinstance(loss, dict) else loss
@@ -310,6 +322,43 @@ def _accumulate(loop: Loop, fb, rb, f_idx, lo, hi, norm) -> tuple[float, int, di
         for k, v in logs.items():  # logs are normalised by the global counts too: they add up like the loss
             logs_sum[k] = logs_sum.get(k, 0.0) + float(v) * weight
     return loss_sum, n_tok, logs_sum
+
+
+def _hidden(loop: Loop, batches: list[dict], layer: int, reference: bool, seen: list) -> list[torch.Tensor]:
+    """The residual stream after decoder block ``layer`` for each batch, from one forward pass (see `ctx.hidden`).
+
+    A forward hook on the block captures its output while the whole model runs: the trainable model through its
+    (DDP) wrapper, so gradients synchronise as for any other loss, or the frozen reference under no_grad.
+    Returns one (B_i, T_i, d) tensor per batch, each cut back to its own padded length.
+    """
+    from unlearn.targets.arch import arch
+
+    if reference and loop.ref_model is None:
+        raise UnlearnError(f"{loop.method.name}: hidden(reference=True) needs needs_reference to be true")
+    model = loop.ref_model if reference else loop.model
+    blocks = arch(model).blocks
+    if not 0 <= layer < len(blocks):
+        raise UnlearnError(f"{loop.method.name}: layer {layer} is out of range (the model has {len(blocks)} blocks)")
+    store: list[torch.Tensor] = []
+    handle = blocks[layer].register_forward_hook(lambda m, i, o: store.append(o[0] if isinstance(o, tuple) else o))
+    b = batches[0] if len(batches) == 1 else _pad_cat(batches, loop.pad)
+    try:
+        if reference:
+            with torch.no_grad(), loop.autocast():
+                SequenceLogProbs(loop.ref_model)(**b)
+        else:
+            seen.extend(x["attention_mask"] for x in batches)
+            with loop.autocast():
+                loop.wrapped(**b)
+    finally:
+        handle.remove()
+    H = store[0]  # (sum B_i, T, d); a checkpointed block recomputes later, after the hook is gone
+    out, start = [], 0
+    for x in batches:
+        B, T = x["input_ids"].shape
+        out.append(H[start : start + B, :T])
+        start += B
+    return out
 
 
 # ----------------------------------------------------------------------------------------------- the loop
@@ -344,8 +393,14 @@ def unlearn_model(
         raise UnlearnError(f"{method.name} trains on the retain set, which is empty")
     if not retain:
         retain = forget[:1]  # methods without a retain term never read it; keeps the sampler defined
-    f_items = [encode_qa(tokenizer, fmt, r["question"], r["answer"], tcfg.max_length) for r in forget]
-    r_items = [encode_qa(tokenizer, fmt, r["question"], r["answer"], tcfg.max_length) for r in retain]
+    f_items = [encode_record(tokenizer, fmt, r, tcfg.max_length) for r in forget]
+    r_items = [encode_record(tokenizer, fmt, r, tcfg.max_length) for r in retain]
+    a_items = None
+    if method.forget_targets is not None:  # e.g. the refusal methods' "I don't know" answers, one per record
+        alts = list(method.forget_targets(forget, mcfg, seed))
+        if len(alts) != len(forget):
+            raise UnlearnError(f"{method.name}: forget_targets gave {len(alts)} answers for {len(forget)} records")
+        a_items = [encode_record(tokenizer, fmt, r, tcfg.max_length, answer=a) for r, a in zip(forget, alts)]
     on_retain = method.budget == "retain"
     spe, total = total_steps(len(r_items) if on_retain else len(f_items), tcfg)
     W = accelerator.num_processes if accelerator is not None else 1
@@ -361,7 +416,8 @@ def unlearn_model(
             r_idx, f_idx = step_indices(step, len(r_items), len(f_items), tcfg.batch_size, seed)
         else:
             f_idx, r_idx = step_indices(step, len(f_items), len(r_items), tcfg.batch_size, seed)
-        return train_step(loop, [f_items[i] for i in f_idx], [r_items[i] for i in r_idx], f_idx)
+        fa = [a_items[i] for i in f_idx] if a_items is not None else None
+        return train_step(loop, [f_items[i] for i in f_idx], [r_items[i] for i in r_idx], f_idx, fa)
 
     def postfix(res):
         return {"loss": f"{res['loss']:.3f}", "fl": f"{res.get('forget_logp', 0):.2f}"}

@@ -16,7 +16,16 @@ Two shapes of method:
     handed to the step as ``ctx.aux`` and saved in checkpoints with the model;
   - ``prepare(model, cfg, forget_records) -> None`` (LLM task): one-time setup that needs the forget records, run
     before the parameters are chosen (Needle: the forget entities' concept vectors, its initial noise);
-  - ``budget``: ``forget`` (an epoch = one pass over the forget set) or ``retain`` (over the retain set).
+  - ``budget``: ``forget`` (an epoch = one pass over the forget set) or ``retain`` (over the retain set);
+  - ``forget_targets(forget_records, cfg, seed) -> list[str]`` (LLM task): a second answer per forget record (the
+    refusal methods' "I don't know" answers), tokenized once and handed to the step as ``batch["forget_alt"]``, row
+    for row with ``batch["forget"]``;
+  - the LLM step context's ``hidden(*batches, layer=L, reference=False)`` returns the residual stream after
+    decoder block ``L`` (0-based), (B, T, d) per batch, from ONE forward pass of the trainable model (with grad,
+    through the DDP wrapper) or of the frozen reference (``needs_reference`` must say so): RMU's activations.
+
+Records: a forget / retain record with ``text`` and no ``question`` (a raw corpus such as WMDP's) is trained on as
+plain text, every token a label (`unlearn.targets.llm.encode_text`).
 
 * **closed-form** edits (UCE, RECE): ``apply(target, erase, cfg, preserve, on_round=None) -> info`` with one
   signature for all, ``info["edit_seconds"]`` always set.
@@ -60,7 +69,9 @@ class StepContext(Protocol):
     same under ``no_grad`` on the frozen pre-unlearning model (None when the method needs none).
     ``ref_forget_logp(idx)`` returns cached reference sequence log-probs of forget examples (B,). ``norm`` holds
     the global normalisers of this optimizer step: ``forget_seqs``, ``forget_tokens``, ``retain_seqs``,
-    ``retain_tokens`` — so that micro-batching and processes sum to exactly the one-process gradient.
+    ``retain_tokens`` (and ``forget_alt_seqs`` / ``forget_alt_tokens`` with ``forget_targets``) — so that
+    micro-batching and processes sum to exactly the one-process gradient. ``hidden(*batches, layer, reference)``:
+    block outputs (see the module docstring).
 
     Diffusion task: ``policy(batch)`` returns the per-sample denoising loss (B,) of the trainable UNet and
     ``reference(batch)`` the frozen one's at the same (t, noise); ``norm`` holds ``forget_seqs``/``retain_seqs``.
@@ -73,6 +84,7 @@ class StepContext(Protocol):
     ref_forget_logp: Callable[[torch.Tensor], torch.Tensor] | None
     norm: dict[str, float]
     aux: dict
+    hidden: Callable[..., list] | None
 
 
 class Method(Protocol):
@@ -94,6 +106,7 @@ class MethodSpec:
     make_aux: Callable | None = None  # (model, cfg, device) -> {name: module | optimizer}
     prepare: Callable | None = None  # (model, cfg, forget records) -> None: once, before parameters are chosen
     budget: str = "forget"  # forget | retain: the set an epoch passes over
+    forget_targets: Callable | None = None  # (forget records, cfg, seed) -> [str]: batch["forget_alt"] answers
 
     @property
     def target(self) -> str:  # the older name of ``kind``

@@ -199,6 +199,19 @@ def encode_qa(tokenizer, fmt: PromptFormat, question: str, answer: str, max_leng
     return ids, labels
 
 
+def encode_text(tokenizer, text: str, max_length: int = 512):
+    """Token ids and labels of a plain-text document (a raw corpus record): every token is a label (BOS first)."""
+    ids = tokenizer(text, add_special_tokens=True)["input_ids"][:max_length]
+    return ids, list(ids)
+
+
+def encode_record(tokenizer, fmt: PromptFormat, rec: dict, max_length: int = 512, answer: str | None = None):
+    """``encode_qa`` of a QA record (``answer`` replaces its answer), `encode_text` of a ``text``-only record."""
+    if "question" not in rec and "text" in rec:
+        return encode_text(tokenizer, rec["text"], max_length)
+    return encode_qa(tokenizer, fmt, rec["question"], rec["answer"] if answer is None else answer, max_length)
+
+
 def encode_prompt(tokenizer, fmt: PromptFormat, question: str) -> list[int]:
     return tokenizer(fmt.prompt(tokenizer, question), add_special_tokens=fmt.kind == "plain")["input_ids"]
 
