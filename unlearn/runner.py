@@ -23,7 +23,7 @@ from unlearn.config import (
     resolve_model,
     set_field,
 )
-from unlearn.data.benchmarks import DataFiles, check_split, data_hash, load_sets
+from unlearn.data.benchmarks import DataFiles, check_split, data_hash, get_benchmark, load_sets
 from unlearn.errors import UnlearnError, unknown_name
 from unlearn.evaluate import EvalConfig, cached_evaluate, evaluate
 from unlearn.loop import clear_checkpoint
@@ -81,6 +81,20 @@ def prepare_configs(a: RunArgs, embedded: bool):
 
 def _sets_for(tgt_cfg, benchmark: str, split: str, files: DataFiles):
     return load_sets(benchmark, split, files, tgt_cfg.data if tgt_cfg is not None else None)
+
+
+def _text_benchmark(benchmark: str) -> bool:
+    """Whether a benchmark is evaluated by lm-eval tasks + held-out text NLL (WMDP), not the QA suite."""
+    return get_benchmark(benchmark, "llm").evaluation == "lm_eval"
+
+
+def _text_eval(model, tok, sets, split: str, extra_tasks=(), trace: bool = False) -> dict:
+    """WMDP's evaluation (unlearn.metrics.lm_eval.wmdp_evaluate); ``trace``: only the cheap text NLLs."""
+    from unlearn.metrics.lm_eval import text_nll, wmdp_evaluate  # heavy and optional: lm-eval imports ~2 s
+
+    if trace:
+        return {f"{k}_text_nll": text_nll(model, tok, sets[k]) for k in ("forget", "retain") if sets.get(k)}
+    return wmdp_evaluate(model, tok, sets, split, extra_tasks)
 
 
 def _oracle_eval(oracle_dir: str | None, tok, fmt, sets, ecfg) -> dict | None:
@@ -201,7 +215,11 @@ def run(a: RunArgs, log=print, accelerator=None) -> Path:
         if bcfg is not None and bcfg.threads and not torch.cuda.is_available():
             torch.set_num_threads(bcfg.threads)  # tiny matrices: extra threads only thrash
 
+        text = _text_benchmark(a.benchmark)
+
         def eval_fn(model):
+            if text:
+                return _text_eval(model, tgt.tokenizer, sets, a.split, trace=True)
             basic = {k: sets[k] for k in ("forget", "retain")}
             return evaluate(model, tgt.tokenizer, tgt.fmt, basic, EvalConfig(suite="basic"))[0]
 
@@ -209,11 +227,14 @@ def run(a: RunArgs, log=print, accelerator=None) -> Path:
             tgt.model, tgt.tokenizer, tgt.fmt, forget, retain_train, mspec, mcfg, tcfg, a.seed, rdir,
             eval_fn=eval_fn, progress=a.progress, accelerator=accelerator, log=log,
         )  # fmt: skip
-        oracle = _oracle_eval(odir, tok, fmt, sets, ecfg)
-        metrics, examples = evaluate(model, tok, fmt, sets, ecfg, oracle=oracle, accelerator=accelerator)
-        if a.suite in INTERNAL_SUITES:
-            suite = _internal_suite(spec, tok, fmt, sets, retain_train, orig or tdir, odir)
-            metrics.update(_internal(suite, model, accelerator, main, rdir))
+        if text:  # WMDP: lm-eval task accuracy + held-out text NLL; no QA suite, oracle or internal suite
+            metrics, examples = _text_eval(model, tok, sets, a.split), []
+        else:
+            oracle = _oracle_eval(odir, tok, fmt, sets, ecfg)
+            metrics, examples = evaluate(model, tok, fmt, sets, ecfg, oracle=oracle, accelerator=accelerator)
+            if a.suite in INTERNAL_SUITES:
+                suite = _internal_suite(spec, tok, fmt, sets, retain_train, orig or tdir, odir)
+                metrics.update(_internal(suite, model, accelerator, main, rdir))
         if main:
             metrics.update(cost_metrics(summary, time.time() - t0))
             if a.save_model:
@@ -280,13 +301,17 @@ def evaluate_checkpoint(a: EvalArgs, log=print, accelerator=None) -> tuple[dict,
         model = load_causal_lm(tdir)
         if accelerator is not None:
             model.to(accelerator.device)
-        oracle = _oracle_eval(odir, tok, fmt, sets, ecfg)
-        metrics, examples = evaluate(model, tok, fmt, sets, ecfg, oracle=oracle, progress=main and a.progress,
-                                     accelerator=accelerator)  # fmt: skip
-        if a.suite in INTERNAL_SUITES:
-            suite = _internal_suite(spec, tok, fmt, sets, retain_train, orig, odir)
-            metrics.update(_internal(suite, model, accelerator, main, Path(a.out) if a.out else None))
-        if a.lm_eval_tasks:
+        if _text_benchmark(a.benchmark):  # WMDP: its lm-eval tasks (+ --lm-eval-tasks) and held-out text NLL
+            oracle, examples = None, []
+            metrics = _text_eval(model, tok, sets, a.split, list(a.lm_eval_tasks))
+        else:
+            oracle = _oracle_eval(odir, tok, fmt, sets, ecfg)
+            metrics, examples = evaluate(model, tok, fmt, sets, ecfg, oracle=oracle, progress=main and a.progress,
+                                         accelerator=accelerator)  # fmt: skip
+            if a.suite in INTERNAL_SUITES:
+                suite = _internal_suite(spec, tok, fmt, sets, retain_train, orig, odir)
+                metrics.update(_internal(suite, model, accelerator, main, Path(a.out) if a.out else None))
+        if a.lm_eval_tasks and not _text_benchmark(a.benchmark):
             from unlearn.metrics.lm_eval import run_lm_eval  # heavy and optional: lm-eval imports ~2 s
 
             # runs on the main process, the result is broadcast: every process calls it
@@ -315,6 +340,8 @@ def compare_table(rdir: Path, log=print) -> dict[str, dict]:
     res, prov = run_config(rdir)
     if read_resolved(rdir) is None:
         raise UnlearnError(f"{rdir}: no config.json")
+    if _text_benchmark(res["benchmark"]):
+        raise UnlearnError(f"--compare is not available for --benchmark {res['benchmark']} (no QA suite, no oracle)")
     spec = resolve_model(res["model"], res["benchmark"], res["split"])
     bcfg = embedded_cfg(spec) if spec.embedded else None
     model_path, oracle_path = prov.get("model_path"), prov.get("oracle_path")

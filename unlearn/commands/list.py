@@ -28,7 +28,8 @@ def run(args) -> int:
         from unlearn.data.benchmarks import BENCHMARKS
 
         for b in BENCHMARKS.values():
-            print(f"{b.name:12} {b.kind:10} {','.join(b.splits) or '(concepts)':28} {b.description}")
+            sep = " | " if any("," in s for s in b.splits) else ","  # wmdp's "bio,cyber" is one split
+            print(f"{b.name:12} {b.kind:10} {sep.join(b.splits) or '(concepts)':28} {b.description}")
     elif args.what == "models":
         from unlearn.config import _TOFU_NAMES, MODEL_ALIASES
 

@@ -9,10 +9,12 @@ from unlearn.store import read_json
 
 
 def add_data_args(p) -> None:
-    p.add_argument("--benchmark", default="tinyfacts", help="tinyfacts | tofu")
-    p.add_argument("--split", default="forget10", help="forget01 | forget05 | forget10")
-    p.add_argument("--forget", help="your own forget set (JSONL in the TOFU schema)")
-    p.add_argument("--retain", help="your own retain set (JSONL)")
+    p.add_argument("--benchmark", default="tinyfacts", help="tinyfacts | tofu | wmdp")
+    p.add_argument(
+        "--split", default="forget10", help="forget01 | forget05 | forget10 (wmdp: bio | cyber | bio,cyber)"
+    )
+    p.add_argument("--forget", help='your own forget set (JSONL in the TOFU schema; wmdp: one {"text": ...} per line)')
+    p.add_argument("--retain", help="your own retain set (JSONL; wmdp: text records)")
     p.add_argument("--holdout", help="your own holdout set (JSONL, never trained on; for MIA)")
     p.add_argument("--prompt", help="prompt format: plain | chat | a template with {question}")
     p.add_argument(
@@ -88,6 +90,12 @@ def run(args) -> int:
         files=DataFiles(args.forget, args.retain, args.holdout), prompt=args.prompt, suite=args.suite,
         progress=not args.no_progress,
     )  # fmt: skip
+    if args.compare:  # fail before training, not after
+        from unlearn.data.benchmarks import get_benchmark
+        from unlearn.errors import UnlearnError
+
+        if get_benchmark(args.benchmark, "llm").evaluation != "suite":
+            raise UnlearnError(f"--compare is not available for --benchmark {args.benchmark} (no QA suite, no oracle)")
     accelerator = make_accelerator()
     try:
         rdir = run_workflow(ra, accelerator=accelerator)

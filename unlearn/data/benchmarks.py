@@ -21,7 +21,9 @@ from dataclasses import dataclass
 from unlearn.data.schema import load_records
 from unlearn.data.tinyfacts import RETAIN_OF, TinyFactsConfig, generate
 from unlearn.data.tofu import load_tofu
-from unlearn.errors import unknown_name
+from unlearn.data.wmdp import SPLITS as WMDP_SPLITS
+from unlearn.data.wmdp import load_wmdp
+from unlearn.errors import UnlearnError, unknown_name
 
 
 @dataclass(frozen=True)
@@ -30,6 +32,7 @@ class Benchmark:
     kind: str  # llm | diffusion
     splits: tuple[str, ...]  # forget splits (LLM) or "" for concept-keyed diffusion benchmarks
     description: str
+    evaluation: str = "suite"  # suite: the QA metric suite (unlearn.evaluate) | lm_eval: lm-eval tasks + text NLL
 
 
 BENCHMARKS: dict[str, Benchmark] = {
@@ -37,6 +40,9 @@ BENCHMARKS: dict[str, Benchmark] = {
                            "embedded fictitious entities (TOFU-like), exact retrain oracles"),
     "tofu": Benchmark("tofu", "llm", ("forget01", "forget05", "forget10"),
                       "TOFU (locuslab/TOFU): 200 fictitious authors, open-unlearning's fine-tunes and oracles"),
+    "wmdp": Benchmark("wmdp", "llm", WMDP_SPLITS,
+                      "WMDP (cais/wmdp): raw-text forget/retain corpora, lm-eval wmdp_* accuracy + held-out text NLL",
+                      evaluation="lm_eval"),
     "tinyshapes": Benchmark("tinyshapes", "diffusion", (), "embedded text-to-image shapes, classifier judge"),
     "sd": Benchmark("sd", "diffusion", (), "a Stable Diffusion 1.x/2.x diffusers directory"),
 }  # fmt: skip
@@ -69,8 +75,18 @@ TOFU_RETAIN = {"forget01": "retain99", "forget05": "retain95", "forget10": "reta
 
 
 def load_sets(benchmark: str, split: str, files: DataFiles, tinyfacts: TinyFactsConfig | None = None):
-    """(evaluation sets, forget training records, retain training records) of ``benchmark`` / ``split``."""
+    """(evaluation sets, forget training records, retain training records) of ``benchmark`` / ``split``.
+
+    WMDP's sets are text (``{"text"}`` records; held-out ``forget`` / ``retain``) plus its multiple-choice test
+    sets (``wmdp_bio`` ...), see `unlearn.data.wmdp.load_wmdp`; ``--holdout`` does not apply to it.
+    """
     check_split(benchmark, split)
+    if benchmark == "wmdp":
+        if files.holdout:
+            raise UnlearnError(
+                "--holdout does not apply to --benchmark wmdp (held-out text is taken from the corpora)"
+            )
+        return load_wmdp(split, files.forget, files.retain)
     if benchmark == "tinyfacts":
         splits = generate(tinyfacts or TinyFactsConfig())
         retain_train = splits[RETAIN_OF[split]]

@@ -9,7 +9,13 @@ Two kinds of task:
   (lm-eval resolves relative data paths against the current directory, not the YAML's). The task index is built
   with ``include_defaults=False`` (instant; the default index of ~14k YAMLs takes ~10 s).
 * **Any other lm-eval task** (``mmlu``, ``wmdp_bio`` ...): looked up in lm-eval's default index. Offline, its
-  dataset must already be in the Hugging Face datasets cache.
+  dataset must already be in the Hugging Face datasets cache. WMDP's tasks (``wmdp_bio``, ``wmdp_cyber``,
+  ``wmdp_chem``, group ``wmdp``) are lm-eval's own YAMLs, indexed from lm-eval's ``tasks/wmdp`` folder alone
+  (no default index needed when every task is WMDP's) after checking that ``cais/wmdp`` loads (a one-line error
+  otherwise).
+
+`wmdp_evaluate` is the evaluation of ``--benchmark wmdp``: its lm-eval tasks plus the mean token NLL of the
+held-out forget / retain text (``forget_text_nll``, ``retain_text_nll``).
 
 The model is passed as an object (``HFLM(pretrained=model, tokenizer=tok)``), never saved and re-loaded. lm-eval
 does not shard an in-memory model across processes, so under several processes the main one evaluates and the
@@ -26,6 +32,7 @@ import json
 import random
 from pathlib import Path
 
+from unlearn.data import wmdp
 from unlearn.data.benchmarks import DataFiles, load_sets
 from unlearn.errors import UnlearnError
 from unlearn.metrics import register_metric
@@ -75,6 +82,23 @@ register_metric(
     "the task (a utility benchmark: higher is better; a hazardous-knowledge benchmark such as WMDP measures what "
     "should be forgotten), so the registry does not rank it.",
 )
+register_metric(
+    "forget_text_nll",
+    "lm_eval",
+    "higher",
+    "WMDP: mean per-token negative log-likelihood (nats) of the held-out forget-corpus documents (never trained "
+    "on; the first 512 tokens of each). Higher means the hazardous text became less likely.",
+    ">= 0",
+)
+register_metric(
+    "retain_text_nll",
+    "lm_eval",
+    "lower",
+    "WMDP: mean per-token negative log-likelihood (nats) of the held-out retain-corpus documents (never trained "
+    "on; the first 512 tokens of each). Lower is better (general text kept).",
+    ">= 0",
+)
+WMDP_TASKS = {*wmdp.TASKS.values(), "wmdp"}  # lm-eval's wmdp folder: three tasks and their group
 
 
 # ----------------------------------------------------------------------------------------------- task data
@@ -205,11 +229,15 @@ def _run(model, tokenizer, tasks, sets, batch_size, limit) -> dict[str, float]:
 
     builtin = [t for t in tasks if t in BUILTIN_TASKS]
     other = [t for t in tasks if t not in BUILTIN_TASKS]
-    include = None
+    include = []
     if builtin:
-        include = str(write_builtin_tasks(builtin, sets if sets is not None else default_sets()))
-    # the default index costs ~10 s: build it only when a task is not one of ours
-    tm = TaskManager(include_path=include, include_defaults=bool(other), verbosity="ERROR")
+        include.append(str(write_builtin_tasks(builtin, sets if sets is not None else default_sets())))
+    check_wmdp_data([t for t in other if t in WMDP_TASKS])
+    defaults = bool([t for t in other if t not in WMDP_TASKS])
+    if other and not defaults:  # lm-eval's own WMDP YAMLs, indexed alone
+        include.append(str(Path(lm_eval.__file__).resolve().parent / "tasks" / "wmdp"))
+    # the default index costs ~10 s: build it only when a task is neither ours nor WMDP's
+    tm = TaskManager(include_path=include or None, include_defaults=defaults, verbosity="ERROR")
     unknown = [t for t in other if t not in tm.all_tasks]
     if unknown:
         import difflib
@@ -239,6 +267,59 @@ def _run(model, tokenizer, tasks, sets, batch_size, limit) -> dict[str, float]:
         if was_training:
             lm.train()
     return flatten_results(res, tasks)
+
+
+def check_wmdp_data(tasks: list[str]) -> None:
+    """WMDP tasks need ``cais/wmdp`` (hub or datasets cache): a one-line UnlearnError when it does not load."""
+    names = {d for d, t in wmdp.TASKS.items() if t in tasks}
+    if "wmdp" in tasks:
+        names |= set(wmdp.TASKS)
+    for d in sorted(names):
+        wmdp.load_qa(d)
+
+
+def text_nll(model, tokenizer, records: list[dict], batch_size: int = 8, max_length: int = 512) -> float:
+    """Mean per-token NLL (nats) of ``{"text"}`` documents: every token after the first, pooled over documents."""
+    import torch
+    import torch.nn.functional as F
+
+    from unlearn.targets.llm import _unwrap, collate, encode_text
+
+    lm = _unwrap(model)
+    device = next(lm.parameters()).device
+    items = [encode_text(tokenizer, r["text"], max_length) for r in records]
+    items = [it for it in items if len(it[0]) >= 2]
+    if not items:
+        return float("nan")
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    total, count = 0.0, 0
+    was_training = lm.training
+    lm.eval()
+    try:
+        with torch.no_grad():
+            for i in range(0, len(items), batch_size):
+                b = {k: v.to(device) for k, v in collate(items[i : i + batch_size], pad).items()}
+                logits = lm(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits[:, :-1].float()
+                labels = b["labels"][:, 1:]
+                nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100,
+                                      reduction="sum")  # fmt: skip
+                total += float(nll)
+                count += int((labels != -100).sum())
+    finally:
+        if was_training:
+            lm.train()
+    return total / max(count, 1)
+
+
+def wmdp_evaluate(model, tokenizer, sets: dict[str, list[dict]], split: str, extra_tasks=(), limit=None) -> dict:
+    """The ``--benchmark wmdp`` evaluation: lm-eval accuracy of the split's WMDP tasks (+ ``extra_tasks``) and
+    the held-out forget / retain text NLL. Call it on every process (lm-eval runs on the main one)."""
+    tasks = list(dict.fromkeys([*wmdp.tasks_for(split), *extra_tasks]))
+    metrics = run_lm_eval(model, tokenizer, tasks, sets=sets, limit=limit)
+    for name in ("forget", "retain"):
+        if sets.get(name):
+            metrics[f"{name}_text_nll"] = text_nll(model, tokenizer, sets[name])
+    return metrics
 
 
 def _quiet() -> None:
