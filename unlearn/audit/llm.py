@@ -144,6 +144,11 @@ class Inputs:
 def resolve_inputs(a: AuditArgs, log) -> Inputs:
     """Everything an audit needs, checked; raises UnlearnError before anything is written."""
     check_split(a.benchmark, a.split)
+    from unlearn.data.benchmarks import BENCHMARKS
+
+    if BENCHMARKS[a.benchmark].evaluation != "suite":
+        raise UnlearnError(f"--benchmark {a.benchmark}: the audit judges question-answer forget sets; a text corpus "
+                           "benchmark is evaluated with unlearn eval --benchmark " + a.benchmark)  # fmt: skip
     spec = resolve_model(a.original, a.benchmark, a.split)
     if spec.embedded:
         _, orig, odir, _, bcfg = resolve_paths(a.original, a.benchmark, a.split, log=log)
