@@ -83,6 +83,21 @@ EMBEDDED_TRAIN: dict[str, Any] = {
 EMBEDDED_METHOD: dict[str, dict[str, Any]] = {
     "npo": {"beta": 1.0},
     "simnpo": {"forget_weight": 1.0},
+    # measured on forget10 seed 0 (docs/methods/undial.md): beta 6 leaves forget_acc 0.50, beta 10 without a retain
+    # term costs retain_acc (0.73); with the NLL retain term forget_acc 0.069, retain_acc 0.956
+    "undial": {"beta": 10.0, "retain": "nll", "retain_weight": 1.0},
+    # measured (docs/methods/rmu.md): a 4-block model steers at block 2 with c about twice the residual norm there;
+    # alpha 100 (the 7B default) forgets nothing at any lr, alpha 10 forgets all but costs arithmetic (0.70)
+    "rmu": {"layer": 2, "steer": 400.0, "alpha": 20.0},
+    # measured (docs/methods/idk.md): at beta 0.1 the DPO margin is met by raising the ~20-token refusal alone
+    # (forget_acc 0.99); beta 0.01 forgets, retain_weight 5 keeps retain_acc at 0.96 (lr 1e-3 below)
+    "idkdpo": {"beta": 0.01, "retain_weight": 5.0},
+}
+# training settings a method needs on the embedded target beyond EMBEDDED_TRAIN (applied after it, before --set)
+EMBEDDED_METHOD_TRAIN: dict[str, dict[str, Any]] = {
+    "rmu": {"lr": 1e-2},  # only three down_proj matrices train: lr 3e-4 and 3e-3 left forget_acc at 1.00
+    "idknll": {"lr": 1e-3},  # lr 3e-4 left forget_acc 0.54; 1e-3: 0.14 with retain_acc 0.975
+    "idkdpo": {"lr": 1e-3},
 }
 
 

@@ -17,6 +17,7 @@ import torch
 
 from unlearn.config import (
     EMBEDDED_METHOD,
+    EMBEDDED_METHOD_TRAIN,
     EMBEDDED_TRAIN,
     TrainConfig,
     apply_overrides,
@@ -72,6 +73,8 @@ def prepare_configs(a: RunArgs, embedded: bool):
     tcfg = TrainConfig()
     if embedded:
         for k, v in EMBEDDED_TRAIN.items():
+            set_field(tcfg, k, str(v))
+        for k, v in EMBEDDED_METHOD_TRAIN.get(a.method, {}).items():
             set_field(tcfg, k, str(v))
         for k, v in EMBEDDED_METHOD.get(a.method, {}).items():
             set_field(mcfg, k, str(v))
