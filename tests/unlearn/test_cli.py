@@ -84,8 +84,14 @@ def test_rerun_refuses_without_force(npo_run, capsys):
 @pytest.mark.parametrize(
     "args, words",
     [
-        (["run", "--method", "nope"], "unknown llm method 'nope'; valid: ga, graddiff, idkdpo, idknll, needle, npo, rmu, simnpo, undial"),
-        (["run", "--method", "uce"], "unknown llm method 'uce'; valid: ga, graddiff, idkdpo, idknll, needle, npo, rmu, simnpo, undial"),
+        (
+            ["run", "--method", "nope"],
+            "unknown llm method 'nope'; valid: ga, graddiff, idkdpo, idknll, needle, npo, rmu, simnpo, undial",
+        ),
+        (
+            ["run", "--method", "uce"],
+            "unknown llm method 'uce'; valid: ga, graddiff, idkdpo, idknll, needle, npo, rmu, simnpo, undial",
+        ),
         (["run", "--split", "forget42"], "unknown tinyfacts split 'forget42'; valid: forget01, forget05, forget10"),
         (["run", "--benchmark", "muse"], "unknown llm benchmark 'muse'; valid: tinyfacts, tofu"),
         (["run", "--set", "lr=fast"], "--set lr=fast: expected float"),
