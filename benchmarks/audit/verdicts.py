@@ -8,7 +8,7 @@ Candidates:
 * ``idk``: the target fine-tuned to answer "I don't know." to every forget question, with retain QA mixed in
   (AdamW, lr 1e-3, 150 steps of 32 records, half forget half retain) — a suppression by construction;
 * ``ga_head``: gradient ascent on the untied LM head + final norm only (lr 1e-3, the embedded GA preset otherwise);
-* ``ga``, ``npo``, ``simnpo``: the embedded presets, seed 0.
+* ``ga``, ``npo``, ``simnpo``, ``rmu``, ``idknll``, ``idkdpo``, ``undial``: the embedded presets, seed 0.
 
 Writes ``verdicts.csv`` / ``verdicts.md`` (claims and key statistics per candidate) and the report of each
 candidate under ``--out``; the reports' stage timings give the per-stage split. Run:
@@ -29,6 +29,10 @@ RUNS = (  # (label, method, overrides)
     ("ga", "ga", []),
     ("npo", "npo", []),
     ("simnpo", "simnpo", []),
+    ("rmu", "rmu", []),
+    ("idknll", "idknll", []),
+    ("idkdpo", "idkdpo", []),
+    ("undial", "undial", []),
 )
 KEYS = ("forget_acc", "retain_acc", "relearn_acc", "in_context_acc", "int4_forget_acc", "paraphrase_success",
         "forget_probe_acc", "forget_cka_original")  # fmt: skip
