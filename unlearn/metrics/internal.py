@@ -109,9 +109,14 @@ class FixedModel:
 
 
 def probe_split(retain_train: list[dict], retain_eval: list[dict], cfg: InternalConfig) -> list[dict]:
-    """Probe-training records: retain-train records of entities absent from the retain evaluation set."""
-    held = {r.get("entity") for r in retain_eval}
-    rows = [r for r in retain_train if r.get("entity") not in held]
+    """Probe-training records: retain-train records of entities absent from the retain evaluation set (records
+    without an ``entity`` field: retain-train records whose question is not in the retain evaluation set)."""
+    if any(r.get("entity") for r in retain_eval):
+        held = {r.get("entity") for r in retain_eval}
+        rows = [r for r in retain_train if r.get("entity") not in held]
+    else:
+        held_q = {r["question"] for r in retain_eval}
+        rows = [r for r in retain_train if r["question"] not in held_q]
     if len(rows) > cfg.probe_max_train:
         rows = random.Random(cfg.seed).sample(rows, cfg.probe_max_train)
     return rows
@@ -243,15 +248,23 @@ def internal_metrics(model, tok, fmt, sets: dict, probe_train: list[dict], origi
                 rows[(s, i)][f"cka_{ref}"], rows[(s, i)][f"cka_{ref}_unbiased"] = biased[i], unbiased[i]
 
     # recoverability: probe and k-NN trained on retain entities outside the retain evaluation set
-    Xtr, vtr = _states(model, tok, fmt, probe_train, cfg, accelerator)
-    ytr = np.array(_labels(probe_train), dtype=object)[vtr.numpy()]
-    Xtr = Xtr[vtr]
+    if not probe_train:  # nothing to train a probe on (e.g. a retain set that is all evaluation): say so, no number
+        for s in names:
+            for k in ("probe_acc", "probe_ci_low", "probe_ci_high", "probe_chance", "knn_acc"):
+                m[f"{s}_{k}"] = None
+        names_probe: list[str] = []
+    else:
+        names_probe = list(names)
+    if names_probe:
+        Xtr, vtr = _states(model, tok, fmt, probe_train, cfg, accelerator)
+        ytr = np.array(_labels(probe_train), dtype=object)[vtr.numpy()]
+        Xtr = Xtr[vtr]
     tests = {}
-    for s in names:
+    for s in names_probe:
         X, v = cand[s]
         tests[s] = (X[v], np.array(_labels(ev[s]), dtype=object)[v.numpy()])
     best: dict[str, dict] = {}
-    for i in range(L):
+    for i in range(L if names_probe else 0):
         predict = fit_probe(Xtr[:, i], ytr, seed=cfg.seed)  # one fit per block serves every test set
         for s, (X, y) in tests.items():
             pred = predict(X[:, i])
@@ -263,7 +276,7 @@ def internal_metrics(model, tok, fmt, sets: dict, probe_train: list[dict], origi
                                 probe_chance=pr["chance"], knn_acc=kn["acc"])  # fmt: skip
             if s not in best or pr["acc"] > best[s]["acc"]:
                 best[s] = pr
-    for s in names:
+    for s in names_probe:
         b = best[s]
         m[f"{s}_probe_acc"], m[f"{s}_probe_ci_low"], m[f"{s}_probe_ci_high"] = b["acc"], b["lo"], b["hi"]
         m[f"{s}_probe_chance"] = b["chance"]

@@ -142,3 +142,15 @@ def test_eval_suite_internal_writes_only_internal_keys_and_layers(micro, tmp_pat
     with open(tmp_path / "e" / "layers.csv") as f:
         assert {r["model"] for r in csv.DictReader(f)} == {"candidate", "original", "oracle"}
     assert (tmp_path / "e" / "layers.png").exists()
+
+
+def test_records_without_entities_probe_on_other_questions_and_an_empty_probe_set_gives_none(micro):
+    from unlearn.metrics.internal import internal_metrics, probe_split
+
+    suite, model, _, _ = micro
+    strip = [{"question": r["question"], "answer": r["answer"]} for r in suite.probe_train[:30]]
+    rows = probe_split(strip, strip[:10], InternalConfig())
+    assert len(rows) == 20 and not {r["question"] for r in rows} & {r["question"] for r in strip[:10]}
+    m, _ = internal_metrics(model, suite.tok, suite.fmt, suite.sets, [], suite.original, suite.oracle)
+    assert all(m[f"{s}_{k}"] is None for s in ("forget", "retain") for k in ("probe_acc", "knn_acc", "probe_chance"))
+    assert m["forget_cka_original"] == pytest.approx(1.0, abs=1e-9)  # the rest of the suite still runs
