@@ -295,7 +295,7 @@ def build_claims(cand: dict, ctrl: dict, cand_att: dict, ctrl_att: dict, control
     ev = beh()
     for k in ("mia_loss_auc", "mia_min_k_auc"):
         c, o = cand.get(k), ctrl.get(k)
-        dist = (lambda v: None if v is None else abs(v - 0.5))  # noqa: E731 — both directions are leakage
+        dist = lambda v: None if v is None else abs(v - 0.5)  # noqa: E731 — both directions are leakage
         ev.append(_vs(f"|{k} - 0.5|", dist(c), dist(o), "mia_auc_distance", nf + n.get("holdout", 0),
                       note="forget vs holdout AUC away from 0.5, in either direction"))  # fmt: skip
         if free:
@@ -309,19 +309,43 @@ def build_claims(cand: dict, ctrl: dict, cand_att: dict, ctrl_att: dict, control
                 ch = cand.get("forget_probe_chance") if k != "forget_cka_original" else None
                 ev.append(_vs(k, cand.get(k), ctrl.get(k), k, nf, ch))
         ev += level("forget_probe_acc", cand.get("forget_probe_acc"), cand.get("forget_probe_chance"), nf)
-        claims.append(judge("internal", ev, control_kind,
-                            {"forget_lens_rank": [cand.get("forget_lens_rank"), ctrl.get("forget_lens_rank")]}))
+        claims.append(
+            judge(
+                "internal",
+                ev,
+                control_kind,
+                {"forget_lens_rank": [cand.get("forget_lens_rank"), ctrl.get("forget_lens_rank")]},
+            )
+        )
     r, rc = cand_att.get("relearn"), ctrl_att.get("relearn")
     if r and "after" in r:
-        ev = beh() + [_vs("relearn_acc", _mean(r["after"]), _mean(rc["after"]), "relearn_acc", len(r["after"]),
-                          r["chance"], note=f"held-out facts after training on {r['n_train']} seen facts")]
+        ev = beh() + [
+            _vs(
+                "relearn_acc",
+                _mean(r["after"]),
+                _mean(rc["after"]),
+                "relearn_acc",
+                len(r["after"]),
+                r["chance"],
+                note=f"held-out facts after training on {r['n_train']} seen facts",
+            )
+        ]
         ev += level("relearn_acc", _mean(r["after"]), r["chance"], len(r["after"]))
         claims.append(judge("relearn", ev, control_kind, {"before": [_mean(r["before"]), _mean(rc["before"])],
                                                            "per_entity": _per_entity(r, rc)}))  # fmt: skip
     r, rc = cand_att.get("in_context"), ctrl_att.get("in_context")
     if r:
-        ev = beh() + [_vs("in_context_acc", _mean(r["acc"]), _mean(rc["acc"]), "in_context_acc", len(r["acc"]),
-                          r["chance"], note="the entity's other facts in the prompt, answer stripped")]
+        ev = beh() + [
+            _vs(
+                "in_context_acc",
+                _mean(r["acc"]),
+                _mean(rc["acc"]),
+                "in_context_acc",
+                len(r["acc"]),
+                r["chance"],
+                note="the entity's other facts in the prompt, answer stripped",
+            )
+        ]
         ev += level("in_context_acc", _mean(r["acc"]), r["chance"], len(r["acc"]))
         claims.append(judge("in_context", ev, control_kind, {"n_guarded": r["n_guarded"]}))
     r, rc = cand_att.get("quantization"), ctrl_att.get("quantization")
@@ -373,14 +397,22 @@ def run_audit(a: AuditArgs, log=print) -> tuple[Path, dict]:
     why = ("the retain-only oracle of the split (a model that never saw the forget facts)" if inp.oracle else
            "no oracle is known or given, so the original is the control: a claim can reach forgotten only through "
            "control-free evidence (chance levels), else it is capped at suppressed")  # fmt: skip
-    digests = {k: checks.file_digests(p) if p else None
-               for k, p in (("original", inp.original), ("candidate", inp.candidate), ("oracle", inp.oracle))}
+    digests = {
+        k: checks.file_digests(p) if p else None
+        for k, p in (("original", inp.original), ("candidate", inp.candidate), ("oracle", inp.oracle))
+    }
     resolved = {"workflow": "audit", "original": a.original, "candidate": a.candidate, "oracle": a.oracle,
                 "benchmark": a.benchmark, "split": a.split, "data_files": asdict(a.files),
                 "data_hash": data_hash(inp.sets), "prompt_format": asdict(inp.fmt), "audit_config": asdict(cfg),
                 "candidate_digest": _digest_of(digests["candidate"])}  # fmt: skip
-    run = claim_run(a.out, resolved, force=a.force, reuse=a.reuse, log=log,
-                    provenance={"paths": {"original": inp.original, "candidate": inp.candidate, "oracle": inp.oracle}})
+    run = claim_run(
+        a.out,
+        resolved,
+        force=a.force,
+        reuse=a.reuse,
+        log=log,
+        provenance={"paths": {"original": inp.original, "candidate": inp.candidate, "oracle": inp.oracle}},
+    )
     rdir = Path(a.out)
     if run.reused:
         return rdir, read_json(rdir / "report.json")
@@ -426,8 +458,10 @@ def run_audit(a: AuditArgs, log=print) -> tuple[Path, dict]:
         stages["attacks_control"] = time.time() - t
         ru, rc_ = cand_m.get("retain_acc"), ctrl_m.get("retain_acc")
         if ru is not None and rc_ is not None and ru < rc_ - UTILITY_DROP:
-            warnings.append(f"utility: retain_acc {ru:.3f} vs the control's {rc_:.3f}; forgetting that destroys the "
-                            "retained facts is not what unlearning promises (the claims judge forgetting only)")
+            warnings.append(
+                f"utility: retain_acc {ru:.3f} vs the control's {rc_:.3f}; forgetting that destroys the "
+                "retained facts is not what unlearning promises (the claims judge forgetting only)"
+            )
         n = {"forget": len(inp.sets["forget"]), "holdout": len(inp.sets.get("holdout") or []),
              "chance": chance_level(inp.sets["forget"], inp.population)}  # fmt: skip
         claims = build_claims(cand_m, ctrl_m, cand_att, ctrl_att, control_kind, n)
@@ -442,11 +476,22 @@ def run_audit(a: AuditArgs, log=print) -> tuple[Path, dict]:
             "attacks": {"candidate": _summary(cand_att), "control": _summary(ctrl_att)},
             "settings": asdict(cfg),
             "margins": dict(MARGINS),
-            "provenance": {"versions": versions(), "digests": digests, "candidate_kind": inp.info.kind,
-                           "ignored_pickles": list(inp.info.ignored_pickles), "prompt_format": asdict(inp.fmt),
-                           "seeds": {"attacks": cfg.seed}, "data_hash": data_hash(inp.sets),
-                           "inputs": {"original": a.original, "candidate": a.candidate, "oracle": a.oracle,
-                                      "split": a.split, "files": asdict(a.files)}},  # fmt: skip
+            "provenance": {
+                "versions": versions(),
+                "digests": digests,
+                "candidate_kind": inp.info.kind,
+                "ignored_pickles": list(inp.info.ignored_pickles),
+                "prompt_format": asdict(inp.fmt),
+                "seeds": {"attacks": cfg.seed},
+                "data_hash": data_hash(inp.sets),
+                "inputs": {
+                    "original": a.original,
+                    "candidate": a.candidate,
+                    "oracle": a.oracle,
+                    "split": a.split,
+                    "files": asdict(a.files),
+                },
+            },  # fmt: skip
             "stages": stages,
         }
         stages["total"] = time.time() - t0
