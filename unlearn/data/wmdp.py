@@ -19,9 +19,9 @@ machine). Knows nothing of models.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
+from unlearn.data.tofu import _iter_json_objects
 from unlearn.errors import UnlearnError, unknown_name
 
 SPLITS = ("bio", "cyber", "bio,cyber")
@@ -49,22 +49,10 @@ def tasks_for(split: str) -> list[str]:
 def load_text_records(path: str | Path) -> list[dict]:
     """A JSONL file of ``{"text": str}`` documents (other fields are dropped); one-line errors."""
     path = Path(path)
-    if not path.is_file():
-        raise UnlearnError(f"data file not found: {path}" if not path.exists() else f"{path}: not a file")
-    try:
-        lines = path.read_text(encoding="utf-8-sig").splitlines()
-    except (OSError, UnicodeDecodeError) as e:
-        raise UnlearnError(f"{path}: cannot read ({e})") from None
     out = []
-    for lineno, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise UnlearnError(f"{path}:{lineno}: malformed JSON ({e.msg} at column {e.colno})") from None
+    for where, obj in _iter_json_objects(path):  # the one JSONL reader of the data layer (file:line errors)
         if not isinstance(obj, dict) or not isinstance(obj.get("text"), str):
-            raise UnlearnError(f'{path}:{lineno}: expected an object with a string "text" field')
+            raise UnlearnError(f'{where}: expected an object with a string "text" field')
         if obj["text"].strip():
             out.append({"text": obj["text"]})
     if not out:
