@@ -23,6 +23,7 @@ COMMANDS = [
     "unlearn.commands.tofu_aggregate",
     "unlearn.commands.concept_vectors",
     "unlearn.commands.audit",
+    "unlearn.commands.paths",
 ]
 
 

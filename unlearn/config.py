@@ -50,7 +50,7 @@ class TrainConfig:
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on GPU, fp32 on CPU
     gradient_checkpointing: bool = False  # trade compute for memory on large models
     checkpoint_every: int = 0  # save a resumable checkpoint every N steps (0: none; a finished run needs none)
-    eval_every: int = 0  # run the basic evaluation every N steps (0: only at the end)
+    eval_every: int = 0  # trace the basic evaluation before the first step, every N steps and after the last (0: off)
     lora: LoraConfig = field(default_factory=LoraConfig)
 
     # the values `--set` accepts (checked by set_field; every float must also be finite unless "inf ok")

@@ -301,6 +301,17 @@ def run_loop(
         kept = f"; last good checkpoint kept in {ckpt}" if has else ""
         raise NonFiniteError(f"{msg} at step {step}; stopped{kept}")
 
+    def trace_eval(step: int) -> None:  # the ``eval`` rows of trace.jsonl: a trajectory from step 0 to the end
+        if main:
+            was = model.training
+            model.eval()
+            append_jsonl(Path(rdir) / "trace.jsonl", {"step": step, "eval": eval_fn(model)})
+            model.train(was)
+        acc.wait_for_everyone()
+
+    tracing = eval_fn is not None and eval_every > 0 and rdir is not None
+    if tracing and start == 0:
+        trace_eval(0)  # before any update: the starting point every trajectory is measured from
     t_start = time.time()
     bar = tqdm(total=total, initial=start, desc=desc, disable=not (progress and main))
     last: dict = {}
@@ -323,13 +334,8 @@ def run_loop(
         bar.update(1)
         bar.set_postfix(**(postfix(res) if postfix else {"loss": f"{res['loss']:.3f}"}))
         done = step + 1 == total
-        if eval_fn is not None and eval_every and (step + 1) % eval_every == 0 and not done:
-            if main:
-                was = model.training
-                model.eval()
-                append_jsonl(Path(rdir) / "trace.jsonl", {"step": step + 1, "eval": eval_fn(model)})
-                model.train(was)
-            acc.wait_for_everyone()
+        if tracing and ((step + 1) % eval_every == 0 or done):
+            trace_eval(step + 1)  # every ``eval_every`` steps and after the last one
         every = core.tcfg.checkpoint_every
         if ckpt is not None and every and (step + 1) % every == 0 and not done:
             if not finite(core.params):  # never let a broken model replace the last good checkpoint

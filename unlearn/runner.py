@@ -32,7 +32,7 @@ from unlearn.methods import get_method
 from unlearn.metrics.cost import cost_metrics
 from unlearn.store import atomic_write_jsonl, read_json, read_jsonl, run_dir
 from unlearn.targets.llm import PromptFormat, load_causal_lm, load_tokenizer, resolve_model_dir, save_model
-from unlearn.targets.resolve import Target, embedded_cfg, prompt_format, resolve_paths
+from unlearn.targets.resolve import Target, embedded_cfg, prompt_format, resolve_paths, tinyfacts_build_of
 from unlearn.train import unlearn_model
 from unlearn.workflow import claim_run, files_hash, read_resolved
 
@@ -167,14 +167,19 @@ def _internal(suite, model, accelerator, main: bool, rdir: Path | None) -> dict:
 
 
 # ----------------------------------------------------------------------------------------------- run
-def run(a: RunArgs, log=print, accelerator=None) -> Path:
-    """Unlearn, evaluate, write the run directory; returns it."""
+def run(a: RunArgs, log=print, accelerator=None, trace_eval=None) -> Path:
+    """Unlearn, evaluate, write the run directory; returns it.
+
+    ``trace_eval(model) -> dict``: what trace.jsonl's ``eval`` rows hold when ``eval_every`` > 0 (default: the basic
+    evaluation); it only reads the model (`unlearn paths eval` passes its trajectory probe).
+    """
     if a.force and a.reuse:  # before anything is resolved or built
         raise UnlearnError("--force and --reuse contradict each other; pass one")
     check_split(a.benchmark, a.split)
     check_suite(a.suite)
     spec0 = resolve_model(a.model, a.benchmark, a.split)
-    mspec, mcfg, tcfg = prepare_configs(a, bool(spec0.embedded))
+    tinyfacts_dir = not spec0.embedded and a.benchmark == "tinyfacts" and tinyfacts_build_of(spec0.target) is not None
+    mspec, mcfg, tcfg = prepare_configs(a, bool(spec0.embedded) or tinyfacts_dir)
     rdir = run_dir(a.out, a.benchmark, a.model, a.method, a.split, a.seed)
     main = accelerator is None or accelerator.is_main_process
     spec, tdir, odir, orig, bcfg = resolve_paths(a.model, a.benchmark, a.split, log=log)
@@ -221,6 +226,8 @@ def run(a: RunArgs, log=print, accelerator=None) -> Path:
         text = _text_benchmark(a.benchmark)
 
         def eval_fn(model):
+            if trace_eval is not None:
+                return trace_eval(model)
             if text:
                 return _text_eval(model, tgt.tokenizer, sets, a.split, trace=True)
             basic = {k: sets[k] for k in ("forget", "retain")}

@@ -382,7 +382,8 @@ def unlearn_model(
 ) -> tuple[torch.nn.Module, dict]:
     """Unlearn ``forget`` from ``model`` with ``method`` (a MethodSpec); returns (model, summary).
 
-    ``eval_fn(model) -> dict`` runs on the main process every ``tcfg.eval_every`` steps (rows in trace.jsonl).
+    ``eval_fn(model) -> dict`` runs on the main process before the first step, every ``tcfg.eval_every`` steps and
+    after the last (``{"step", "eval"}`` rows in trace.jsonl; needs ``rdir``).
     With ``rdir``, checkpoints go to ``rdir/checkpoint`` every ``tcfg.checkpoint_every`` steps and an existing one
     is resumed from. ``wrap`` / ``wrap_optimizer``: see `setup`.
     """

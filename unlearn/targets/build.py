@@ -295,8 +295,28 @@ def _epoch_rows(rng: random.Random, records, cfg: BuildConfig) -> list[int]:
     return rows
 
 
+def wsd_lr(s: int, total: int, warmup_frac: float = 0.02, decay_frac: float = 0.02, floor: float = 0.1) -> float:
+    """Warm-up / stable / decay multiplier of step ``s`` of ``total``: linear warm-up over ``warmup_frac`` of the
+    steps, constant 1, then a linear decay over the last ``decay_frac`` down to ``floor`` (the staged trainer of
+    Yu et al. 2025, princeton-pli/impossibility-unlearning ``src/schedulers.py``: 2% / 2%, decay to 0.1)."""
+    warm = max(1, round(warmup_frac * total))
+    decay = max(1, round(decay_frac * total))
+    if s < warm:
+        return (s + 1) / warm
+    if s >= total - decay:
+        return 1.0 - (1.0 - floor) * (s - (total - decay) + 1) / decay
+    return 1.0
+
+
 def train_qa_model(
-    cfg: BuildConfig, tokenizer, records, desc: str = "train", progress: bool = True, total_steps: int | None = None
+    cfg: BuildConfig,
+    tokenizer,
+    records,
+    desc: str = "train",
+    progress: bool = True,
+    total_steps: int | None = None,
+    model=None,
+    schedule: str = "cosine",
 ):
     """Train a fresh model on ``records`` (QA rows and ``{entity, text}`` biography rows) with the build recipe;
     returns (model, seconds).
@@ -304,7 +324,9 @@ def train_qa_model(
     Batches mix QA and biographies; the loss is the token mean over every labelled token (answer tokens of QA, all
     tokens of a biography), so biographies carry most of the gradient. The forward runs in length groups
     (`SequenceLogProbs`), so QA rows are not padded to biography length. ``total_steps`` fixes the number of
-    optimizer steps (default: ``epochs`` passes); oracles use the target's step count.
+    optimizer steps (default: ``epochs`` passes); oracles use the target's step count. ``model``: continue from
+    these weights instead of a fresh init (a staged path's next stage: optimizer and schedule start afresh);
+    ``schedule``: ``cosine`` (the target's warm-up + cosine) or ``wsd`` (`wsd_lr`).
     """
     from tqdm.auto import tqdm
 
@@ -312,7 +334,7 @@ def train_qa_model(
 
     fmt = PromptFormat()
     items = [_encode(tokenizer, fmt, r) for r in records]
-    model = new_model(cfg, tokenizer)
+    model = new_model(cfg, tokenizer) if model is None else model
     model.train()
     fwd = SequenceLogProbs(model)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.98))
@@ -321,6 +343,8 @@ def train_qa_model(
     warm = max(1, int(cfg.warmup_frac * total))
 
     def lr_at(s: int) -> float:
+        if schedule == "wsd":
+            return wsd_lr(s, total)
         if s < warm:
             return (s + 1) / warm
         return 0.5 * (1 + math.cos(math.pi * (s - warm) / max(1, total - warm))) * 0.95 + 0.05

@@ -56,6 +56,30 @@ def prompt_format(prompt: str | None, tok, embedded: bool, name: str) -> PromptF
     return PromptFormat() if embedded else default_prompt_format(tok)
 
 
+def tinyfacts_build_of(path: str) -> BuildConfig | None:
+    """The TinyFacts build a local model directory was trained from (a staged path of `unlearn.paths.build`:
+    its ``card.json`` names the build preset and digest), or None. Such a model is evaluated on that build's
+    corpus and takes the embedded target's training presets."""
+    from pathlib import Path
+
+    from unlearn.store import read_json
+
+    card = Path(path) / "card.json"
+    if not card.is_file():
+        return None
+    try:
+        c = read_json(card)
+    except UnlearnError:
+        return None
+    name = c.get("tinyfacts_build")
+    if name is None:
+        return None
+    cfg = get_preset(name)
+    if c.get("build_digest") != cfg.digest():
+        raise UnlearnError(f"{path}: trained on another TinyFacts recipe than this version's {name!r} build")
+    return cfg
+
+
 def resolve_paths(alias: str, benchmark: str, split: str, need_oracle: bool = True, log=print):
     """(spec, target dir, oracle dir, original dir, build config) without loading weights (builds if needed)."""
     spec = resolve_model(alias, benchmark, split)
@@ -65,7 +89,8 @@ def resolve_paths(alias: str, benchmark: str, split: str, need_oracle: bool = Tr
         tdir = str(model_dir(cfg, "target"))
         return spec, tdir, str(model_dir(cfg, f"oracle_{split}")), tdir, cfg
     original = spec.target if spec.oracle else None  # a benchmark checkpoint: the _full model is the original
-    return spec, spec.target, spec.oracle, original, None
+    cfg = tinyfacts_build_of(spec.target) if benchmark == "tinyfacts" else None
+    return spec, spec.target, spec.oracle, original, cfg
 
 
 def load_target(
