@@ -59,6 +59,12 @@ register_metric("du_{u}", _P, "higher", "utility change u(T) - u(0) over unlearn
                 "= utility lost)", "(-inf, inf)")  # fmt: skip
 register_metric("tradeoff_{u}", _P, "higher", "forgetting per unit of utility moved: FS / |u(T) - u(0)|",
                 "(-inf, inf)")  # fmt: skip
+register_metric("f0", _P, "none", "f(0): forget log-lik before unlearning", "(-inf, 0]")
+register_metric("fT", _P, "none", "f(T): forget log-lik at the last logged step", "(-inf, 0]")
+register_metric("n_paths", _P, "none", "number of paths compared", "[1, inf)")
+register_metric("n_seeds", _P, "none", "number of seeds (replicates of the whole experiment)", "[1, inf)")
+register_metric("icc_boot_n", _P, "none", "bootstrap resamples kept for the ICC's CI (those with >= 2 distinct seeds)",
+                "[0, inf)")  # fmt: skip
 register_metric("alt_shift", _P, "none", "sign of a(T) - a(0), a = log-lik of alternative continuations (+1: "
                 "alternatives gained mass)", "{-1, 0, 1}")  # fmt: skip
 register_metric("alt_cross", _P, "none", "whether the order of alternative and forget log-lik flipped between step 0 "
@@ -303,7 +309,8 @@ def cross_path(
       over seed pairs of Kendall tau-b / Spearman between the seeds' path rankings by FS); with >= 2 seeds the
       path ANOVA of FS (``anova_f``, ``anova_p``) and ``icc`` (`icc1`) with a percentile bootstrap 95% CI
       (``icc_ci_low``, ``icc_ci_high``): ``n_boot`` resamples of the seeds with replacement (the same resampled
-      seeds for every path, since a seed is one replicate of the whole experiment), numpy ``default_rng(boot_seed)``.
+      seeds for every path, since a seed is one replicate of the whole experiment), numpy ``default_rng(boot_seed)``;
+      resamples with a single distinct seed are dropped, ``icc_boot_n`` counts those kept.
     * ``overall``: ``recency_frac`` over all (method, seed) and ``tau_methods`` / ``spearman_methods`` (mean over
       seeds of the mean over method pairs).
 
@@ -373,9 +380,11 @@ def cross_path(
                 boot = []
                 for _ in range(n_boot):
                     cols = rng.integers(0, fs.shape[1], fs.shape[1])
-                    boot.append(icc1(list(fs[:, cols]))["icc"])
+                    # a resample that drew one distinct seed has no seed noise at all (MSW = 0, ICC = 1 by
+                    # construction); it says nothing about the ratio, so it is dropped rather than counted
+                    boot.append(icc1(list(fs[:, cols]))["icc"] if len(set(cols)) > 1 else math.nan)
                 boot = np.asarray(boot)
-                boot = boot[np.isfinite(boot)]  # resamples that drew one seed only have no within-path variance
+                boot = boot[np.isfinite(boot)]
                 lo, hi = np.percentile(boot, [2.5, 97.5]) if len(boot) else (math.nan, math.nan)
                 res.update(icc_ci_low=float(lo), icc_ci_high=float(hi), icc_boot_n=int(len(boot)))
         per_method[method] = res
