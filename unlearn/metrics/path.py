@@ -204,7 +204,8 @@ def path_scores(
         row["_steps"], row["_drop"] = steps, f[0] - f  # for t50, which needs the other paths' FS first
         if para:
             g = grp[para].to_numpy(dtype=np.float64)
-            row["depth"] = _ratio(g[0] - g[-1], row["fs"])
+            # no forgetting, no depth: the ratio is undefined (not +-inf) when FS = 0
+            row["depth"] = (g[0] - g[-1]) / row["fs"] if row["fs"] != 0 else math.nan
         for u in utilities:
             u0, uT = _ends(grp[u].to_numpy(dtype=np.float64))
             row[f"du_{u}"] = uT - u0

@@ -276,3 +276,9 @@ def test_bad_inputs_raise():
         path_scores(pd.concat([traj, traj.iloc[:1]]), utilities=("retain_ll",))
     with pytest.raises(ValueError, match=">= 2 paths"):
         divergence({"p": np.zeros((2, 2))}, [0, 1])
+
+
+def test_depth_undefined_without_forgetting():
+    traj = fs_traj({("ga", 0): {"a": 0.0, "b": 1.0}}).assign(para_ll=lambda t: -t["step"] * 1.0)
+    sc = path_scores(traj, utilities=()).set_index("path")
+    assert math.isnan(sc.loc["a", "depth"]) and sc.loc["b", "depth"] == 1.0
