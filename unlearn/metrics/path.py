@@ -538,7 +538,8 @@ def summarize(
         or infinity (None instead).
     """
     scores = path_scores(traj, forget=forget, para=para, alt=alt, utilities=utilities, t_early=t_early)
-    cross = cross_path(traj, scores, utilities=utilities, forget=forget, n_boot=n_boot, boot_seed=boot_seed)
+    metrics = [c for c in (forget, para, alt, *utilities) if c]
+    cross = cross_path(traj, scores, metrics, utilities=utilities, forget=forget, n_boot=n_boot, boot_seed=boot_seed)
     per_method = cross["per_method"]
     if preds is not None:
         if pred_steps is None:

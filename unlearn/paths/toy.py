@@ -144,6 +144,25 @@ def theorem_bound(t, sigma: float, proj_norm2: float, rho: float, m: int):
     return sigma**2 * proj_norm2 * (1 + rho) ** (2 * np.asarray(t, dtype=np.float64)) / (4 * m)
 
 
+def corollary_step(eps: float, sigma: float, proj_norm2: float, rho: float, m: int, t0: int) -> int:
+    """Corollary 1: from
+    t* = max(t0, ceil([log(16 m eps) - log(sigma_U^2 ||P_U Delta theta_0||^2)] / (2 log(1 + rho*))))
+    on, the bound exceeds 4 eps, so d(theta_AB, theta_BA) > 4 eps and, sqrt(d) being a distance, at least one of
+    the two unlearned models is farther than eps from any reference, the retrained model included."""
+    t = (math.log(16 * m * eps) - math.log(sigma**2 * proj_norm2)) / (2 * math.log1p(rho))
+    return max(t0, math.ceil(t))
+
+
+def retrain_theta(data: ToyData, cfg: ToyConfig) -> np.ndarray:
+    """The retrained reference: the same two proximal stages in the order AB from theta_0 = 0, with the forget rows
+    taken out of their stage."""
+    keep = slice(cfg.k, None)
+    X_A, y_A = (data.X_A[keep], data.y_A[keep]) if cfg.forget_stage == "A" else (data.X_A, data.y_A)
+    X_B, y_B = (data.X_B[keep], data.y_B[keep]) if cfg.forget_stage == "B" else (data.X_B, data.y_B)
+    retain = ToyData(X_A, y_A, X_B, y_B, data.X_U, data.y_U, data.X_test)
+    return train_order(retain, "AB", cfg.mu)
+
+
 def toy_experiment(cfg: ToyConfig) -> dict:
     """Train AB and BA, unlearn both with GA, and return everything the lemma and the theorem speak about.
 
@@ -152,7 +171,7 @@ def toy_experiment(cfg: ToyConfig) -> dict:
         ((I + M_U)^t delta_0), ``M_U, P_U, rho_star, sigma_u, proj_norm2`` (||P_U delta_0||^2), ``lam_max`` (the
         largest eigenvalue of M_U), ``d`` (steps + 1,) prediction distances, ``bound`` (theorem_bound per step),
         ``t0`` (first step from which sigma_U ||P_U delta_t|| >= 2 ||X_test (I - P_U) delta_0||, where the proof's
-        triangle inequality gives d(t) >= the bound) and ``data``.
+        triangle inequality gives d(t) >= the bound), ``data`` and ``cfg``.
     """
     data = make_data(cfg)
     ab, ba = train_order(data, "AB", cfg.mu), train_order(data, "BA", cfg.mu)
@@ -184,6 +203,7 @@ def toy_experiment(cfg: ToyConfig) -> dict:
         "bound": theorem_bound(steps, sig, proj_norm2, rho, cfg.m),
         "t0": int(reached[0]) if len(reached) else None,
         "data": data,
+        "cfg": cfg,
     }
 
 

@@ -119,3 +119,20 @@ def test_run_toy_table():
     df = run_toy(ToyConfig(steps=20))
     assert list(df.columns) == ["step", "d", "bound", "lemma_error", "log_d"]
     assert len(df) == 21 and df["lemma_error"].max() < 1e-10 and (df["d"] > 0).all()
+
+
+def test_corollary_no_single_procedure_is_retrain_equivalent_for_both(res):
+    """From Corollary 1's t* on, at least one of the two unlearned models is farther than eps from the retrained
+    model (d is a squared distance, so d(AB, BA) > 4 eps rules out both being within eps of it), while at step 0
+    both are within eps: the same GA run cannot be retrain-equivalent for both histories."""
+    from unlearn.paths.toy import corollary_step, prediction_distance, retrain_theta
+
+    cfg, data = res["cfg"], res["data"]
+    theta_r = retrain_theta(data, cfg)
+    d_ab = prediction_distance(res["theta_AB"], theta_r, data.X_test)
+    d_ba = prediction_distance(res["theta_BA"], theta_r, data.X_test)
+    eps = 1.1 * max(d_ab[0], d_ba[0])  # both start eps-close to the retrained model
+    t_star = corollary_step(eps, res["sigma_u"], res["proj_norm2"], res["rho_star"], cfg.m, res["t0"])
+    assert res["t0"] <= t_star < len(d_ab)
+    assert np.all(np.maximum(d_ab, d_ba)[t_star:] > eps)
+    assert np.all(res["bound"][t_star:] >= 4 * eps)
