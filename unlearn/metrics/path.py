@@ -372,6 +372,8 @@ def cross_path(
         res["tau_seeds"] = _mean_pairwise(ranks[0], stats.kendalltau) if ranks else math.nan
         res["spearman_seeds"] = _mean_pairwise(ranks[0], stats.spearmanr) if ranks else math.nan
         wide = scores[scores["method"] == method].pivot(index="path", columns="seed", values="fs")
+        # the keys are always there (NaN, i.e. null in JSON, with one seed) so that readers need no key checks
+        res.update(anova_f=math.nan, anova_p=math.nan, icc=math.nan, icc_ci_low=math.nan, icc_ci_high=math.nan)
         if wide.shape[1] >= 2:
             a = icc1([row.to_numpy() for _, row in wide.iterrows()])
             res.update(anova_f=a["f"], anova_p=a["p"], icc=a["icc"])

@@ -282,3 +282,9 @@ def test_depth_undefined_without_forgetting():
     traj = fs_traj({("ga", 0): {"a": 0.0, "b": 1.0}}).assign(para_ll=lambda t: -t["step"] * 1.0)
     sc = path_scores(traj, utilities=()).set_index("path")
     assert math.isnan(sc.loc["a", "depth"]) and sc.loc["b", "depth"] == 1.0
+
+
+def test_one_seed_has_null_noise_statistics():
+    traj = one_seed_traj()
+    out = cross_path(traj, path_scores(traj, utilities=("retain_ll",)), utilities=("retain_ll",))["per_method"]["ga"]
+    assert all(math.isnan(out[k]) for k in ("anova_f", "anova_p", "icc", "icc_ci_low", "icc_ci_high", "tau_seeds"))
