@@ -27,7 +27,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from unlearn.metrics import register_metric
+from unlearn.metrics import METRICS, register_metric
 
 __all__ = [
     "path_scores",
@@ -102,6 +102,16 @@ register_metric("div_amplification", _P, "lower", "A(T) = D(T) / D(0), amplifica
                 "unlearning", "[0, inf)")  # fmt: skip
 register_metric("retrain_spread", _P, "lower", "max - min over paths of the distance to the retrained reference "
                 "(1/m) sum_i ||Pred_p(x_i) - Pred_r(x_i)||^2", "[0, inf)")  # fmt: skip
+
+# metrics.json of `unlearn paths eval`: each method's cross-path scalars as ``<method>_<stat>`` (same meaning and
+# direction as the statistic itself; the per-seed and per-path details stay in the summary JSON)
+PER_METHOD_STATS = ("n_seeds", "n_paths", "gap_fs", "gap_du_{u}", "recency_frac", "init_spearman", "tau_{across}",
+                    "spearman_{across}", "anova_f", "anova_p", "icc", "icc_ci_{end}", "icc_boot_n", "div_b",
+                    "div_rho", "div_r2", "div_amplification", "retrain_spread")  # fmt: skip
+for _s in PER_METHOD_STATS:
+    _base = METRICS[_s]
+    register_metric("{method}_" + _s, _P, _base.direction, f"per method: {_base.description}", _base.range,
+                    _base.values)  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -529,7 +539,8 @@ def summarize(
         preds (mapping, optional): method -> seed -> path -> (n_steps, m[, h]) predictions at ``pred_steps``, for
             `divergence`; the last row of each is the path's final prediction for `retrain_distance`.
         pred_steps (sequence of float): the steps of the rows of ``preds``.
-        retrain_pred (array, optional): (m[, h]) predictions of the retrained reference.
+        retrain_pred (array or mapping seed -> array, optional): (m[, h]) predictions of the retrained reference
+            (one for all seeds, or one per seed).
         forget, para, alt, utilities, t_early: as in `path_scores`.
         n_boot, boot_seed: as in `cross_path`.
 
@@ -550,8 +561,9 @@ def summarize(
             divs, rets = {}, {}
             for seed, by_path in by_seed.items():
                 divs[seed] = divergence(by_path, pred_steps)
-                if retrain_pred is not None:
-                    rets[seed] = retrain_distance({p: np.asarray(v)[-1] for p, v in by_path.items()}, retrain_pred)
+                ref = retrain_pred.get(seed) if isinstance(retrain_pred, Mapping) else retrain_pred
+                if ref is not None:
+                    rets[seed] = retrain_distance({p: np.asarray(v)[-1] for p, v in by_path.items()}, ref)
             res = per_method.setdefault(method, {})
             res["divergence"] = divs
             res["div_b"] = _nanmean([v["b"] for v in divs.values()])

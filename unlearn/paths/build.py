@@ -7,13 +7,20 @@ A *stage* is one part of the target's training data:
     skill        the successor skill on the training numbers (``arithmetic_repeat`` copies)
     forget       QA and biographies of the forget split's entities: the stage that is unlearned afterwards
 
-A *path* trains its stages one after another from one random init (the seed), continuing from the previous
-stage's weights with the optimizer (AdamW) and the learning-rate schedule re-initialised at every stage, as the
-reference staged trainer does (princeton-pli/impossibility-unlearning, ``src/staged_trainer.py``; warm-up /
-stable / decay schedule with 2% warm-up and a 2% decay to 0.1 of the peak, `unlearn.targets.build.wsd_lr`). The
-paper starts from pretrained base models and fine-tunes with LoRA; TinyFacts models start from a random init, so
-the first stage here also teaches the format (recorded in every card). Every other setting (tokenizer,
-architecture, batch size, per-epoch sampling of phrasings and biographies) is the TinyFacts target's recipe.
+A *path* trains its stages one after another, continuing from the previous stage's weights with the optimizer
+(AdamW) and the learning-rate schedule re-initialised at every stage, as the reference staged trainer does
+(princeton-pli/impossibility-unlearning, ``src/staged_trainer.py``; warm-up / stable / decay schedule with 2%
+warm-up and a 2% decay to 0.1 of the peak, `unlearn.targets.build.wsd_lr`). The paper fine-tunes *pretrained* base
+models; here every path of seed k starts from the build's retain-only oracle of the forget split (seed 0:
+``oracle_forget10``, seed k: ``oracle_forget10_seed<k>``), a model pretrained on the whole corpus except the forget
+entities. The public stages (entities, world facts, skill) are then one refresh pass over data the base knows and
+the forget stage teaches it new entities; what differs between paths is only *when* those are learned. From a
+random init instead (``base = "scratch"``) each narrow stage overwrites the ones before it (measured on the micro
+corpus: retain exact match 0.03 after four stages), which leaves nothing comparable to unlearn. Every other setting
+(tokenizer, architecture, batch size, per-epoch sampling of phrasings and biographies) is the target's recipe.
+
+The retrained reference of a path is the same sequence without the forget stage (for ``insert`` orders, the
+prefix ``entities-world_facts-skill`` that the last path trains anyway).
 
 Orders (``--orders``): ``insert`` (default; the paper's protocol) keeps the other stages in their given order and
 inserts ``forget`` at every position 1..n (position n = learned last, just before unlearning); ``all`` is every
@@ -65,10 +72,18 @@ class PathsConfig:
 
     build: str = "default"  # TinyFacts build preset: corpus, tokenizer, architecture, batch size
     forget_split: str = "forget10"  # whose entities form the ``forget`` stage
-    # passes over each stage's rows. entities: with the other stages after it, 8 passes leave retain exact match
-    # >= 0.9 on every path (measured, docs/path-dependence.md); the small stages get enough passes to be learned
-    epochs: tuple[tuple[str, float], ...] = (("entities", 8), ("world_facts", 10), ("skill", 3), ("forget", 10))
-    lr: float = 1e-3  # peak AdamW rate of every stage (one rate for all stages, as in the reference)
+    # where every path starts. "oracle": the build's retain-only oracle of forget_split (seed 0; seed k: its
+    # oracle_<split>_seed<k>), a pretrained model that never saw the forget entities, as the paper starts from
+    # pretrained base models; "scratch": a random init (measured: each stage then overwrites the ones before it,
+    # retain exact match 0.03 after four stages on the micro corpus, docs/path-dependence.md)
+    base: str = "oracle"
+    # passes over each stage's rows: one refresh pass over the (known) public stages; the forget stage, new to the
+    # base, as many passes as the target's recipe gives every fact (10 of its 12 epochs)
+    epochs: tuple[tuple[str, float], ...] = (("entities", 1), ("world_facts", 4), ("skill", 1), ("forget", 10))
+    # peak AdamW rate of every stage (one rate for all stages, as in the reference). Measured on the default
+    # corpus (forget first / forget last): 1e-3 left retain exact match 0.50 after the forget stage; 3e-4 keeps
+    # 0.82-1.00 and the forget stage learned last is known at 0.98 (docs/path-dependence.md)
+    lr: float = 3e-4
     schedule: str = "wsd"  # per-stage schedule: wsd (reference) | cosine (the target's)
     parallel: int = 3  # stage trainings side by side, one process and one thread each
 
@@ -90,7 +105,7 @@ PRESETS: dict[str, PathsConfig] = {
     # seconds, for tests: the micro corpus (20 entities, 4 attributes) and a 2-layer 64-wide model
     "micro": PathsConfig(
         build="micro", forget_split="forget10",
-        epochs=(("entities", 20), ("world_facts", 10), ("skill", 4), ("forget", 20)), lr=5e-3,
+        epochs=(("entities", 2), ("world_facts", 4), ("skill", 2), ("forget", 30)), lr=5e-4,
     ),
 }  # fmt: skip
 
@@ -188,6 +203,27 @@ def cache_root(pcfg: PathsConfig) -> Path:
     return unlearn_home() / "paths" / pcfg.digest()
 
 
+def base_dir(pcfg: PathsConfig, seed: int) -> Path:
+    """The pretrained model every path of ``seed`` starts from (``base = oracle``)."""
+    from unlearn.targets.build import model_dir
+
+    which = f"oracle_{pcfg.forget_split}" + (f"_seed{seed}" if seed else "")
+    return model_dir(_build_cfg(pcfg), which)
+
+
+def ensure_bases(pcfg: PathsConfig, seeds, log=print) -> None:
+    """Build (or find shipped / cached) the retain-only oracle each seed starts from."""
+    from unlearn.targets.build import build_oracle_seed, ensure_built
+
+    if pcfg.base != "oracle":
+        return
+    for seed in seeds:
+        if seed == 0:
+            ensure_built(_build_cfg(pcfg), pcfg.forget_split, log=log)
+        else:
+            build_oracle_seed(_build_cfg(pcfg), pcfg.forget_split, seed, progress=False, log=log)
+
+
 def stage_steps(pcfg: PathsConfig, rows: list[dict], stage: str) -> int:
     """Optimizer steps of one stage: ``epochs`` passes of the target's per-epoch sampling, batch of the recipe."""
     bcfg = _build_cfg(pcfg)
@@ -229,7 +265,10 @@ def train_stage(pcfg: PathsConfig, root: str, prefix: tuple[str, ...], seed: int
     stage = prefix[-1]
     rows = stage_sets(splits, pcfg.forget_split, bcfg)[stage]
     steps = stage_steps(pcfg, rows, stage)
-    parent = load_causal_lm(str(stage_dir(root, prefix[:-1], seed))) if len(prefix) > 1 else None
+    if len(prefix) > 1:
+        parent = load_causal_lm(str(stage_dir(root, prefix[:-1], seed)))
+    else:
+        parent = load_causal_lm(str(base_dir(pcfg, seed))) if pcfg.base == "oracle" else None
     if parent is not None:
         parent.float()
     model, secs = train_qa_model(bcfg, tok, rows, desc=f"{order_name(prefix)} seed{seed}", progress=progress,
@@ -265,6 +304,7 @@ def finish_path(pcfg: PathsConfig, root: str, order: tuple[str, ...], seed: int)
         "recipe": asdict(pcfg),
         "tinyfacts_build": pcfg.build,  # the corpus `unlearn run --model <this dir>` evaluates on
         "build_digest": _build_cfg(pcfg).digest(),
+        "base": str(base_dir(pcfg, seed)) if pcfg.base == "oracle" else "random init",
         "stages": [{k: s[k] for k in ("stage", "steps", "rows", "seconds")} for s in stages],
         "steps": sum(s["steps"] for s in stages),
         "accuracy": acc,
@@ -329,6 +369,9 @@ def build_paths(
     atomic_write_json(root / "recipe.json", {**asdict(pcfg), "digest": pcfg.digest()})
     splits = generate(bcfg.data)
     write_data(root, splits)
+    if pcfg.base not in ("oracle", "scratch"):
+        raise UnlearnError(f"paths base {pcfg.base!r}: must be oracle or scratch")
+    ensure_bases(pcfg, seeds, log=log)
     tok_dir = _ensure_tokenizer(bcfg, splits, False)  # the target's tokenizer: path models share its ids
     if not (root / "tokenizer" / "tokenizer.json").exists():
         shutil.copytree(tok_dir, root / "tokenizer", dirs_exist_ok=True)
@@ -340,7 +383,8 @@ def build_paths(
     naive = sum(p.steps[st] for _ in seeds for o in order_list for st in o)
     workers = max(1, min(pcfg.parallel, len(todo) or 1))
     log(f"paths: {len(order_list)} orders x {len(seeds)} seeds; {len(todo)} stage trainings to run "
-        f"({total_steps} optimizer steps; {naive} without sharing prefixes), {workers} side by side, into {root}")  # fmt: skip
+        f"({total_steps} optimizer steps; {naive} without sharing prefixes), {workers} side by side, "
+        f"into {root}")  # fmt: skip
     t0 = time.time()
     bar = tqdm(total=len(todo) + len(finals), desc="paths build", disable=not progress)
     costs: list[dict] = []

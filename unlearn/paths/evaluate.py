@@ -246,21 +246,57 @@ def paths_eval(a: PathsEvalArgs, log=print) -> Path:
         log(f"paths eval: {len(entries)} paths x {len(a.methods)} methods -> {len(jobs)} unlearning runs, "
             f"{min(a.parallel, len(jobs))} side by side, logged every {a.log_every} steps")  # fmt: skip
         rdirs = _run_all(args, a.parallel, a.progress)
-        rows, preds = [], {}
+        rows, preds, steps = [], {}, None
         for (m, e, s), rdir in zip(jobs, rdirs):
             r, p = trajectory_rows(Path(rdir), m, e, s)
             rows += r
-            preds[(m, s, e.label)] = np.asarray(p, dtype=float)
+            preds.setdefault(m, {}).setdefault(s, {})[e.label] = np.asarray(p, dtype=float)  # (n_steps, m)
+            st = [x["step"] for x in r]
+            if steps is not None and st != steps:  # one method, one forget set: every run logs the same steps
+                raise UnlearnError(f"{rdir}: logged steps {st} differ from the other runs' {steps}")
+            steps = st
         df = pd.DataFrame(rows).sort_values(["method", "seed", "position", "path", "step"], na_position="last")
         df.to_csv(out / "path_dependence.csv", index=False, float_format="%.6g")
         utilities = tuple(u for u in UTILITIES if u in df.columns)
-        summary = summarize(df, preds=preds, utilities=utilities)
+        retrain = retrain_preds(a, entries, split)
+        summary = summarize(
+            df,
+            preds=preds,
+            pred_steps=steps,
+            utilities=utilities,
+            retrain_pred={s: p for s, (_, p) in retrain.items()} or None,
+        )
+        summary["retrain_reference"] = {s: d for s, (d, _) in retrain.items()}
         summary["runs"] = [str(Path(r).relative_to(out)) for r in rdirs]
         summary["seconds"] = round(time.time() - t0, 1)
         atomic_write_json(out / "path_dependence_summary.json", summary)
         plot_trajectories(df, out / "path_dependence.png")
         claim.finish(headline_metrics(summary))
     log(f"paths eval: {len(jobs)} runs in {time.time() - t0:.0f} s; {out / 'path_dependence.csv'}")
+    return out
+
+
+def retrain_preds(a: PathsEvalArgs, entries: list[PathEntry], split: str) -> dict:
+    """seed -> (directory, probe predictions) of the retrained reference of a build root's paths: the base trained
+    on the same stages in the same order *without* the forget stage (a prefix every ``insert`` build has), i.e.
+    the model these paths would be had the forget data never been in the sequence. Empty for user directories."""
+    import numpy as np
+
+    from unlearn.paths.build import stage_dir
+    from unlearn.targets.llm import load_causal_lm
+
+    out = {}
+    root = Path(a.paths)
+    for e in entries:
+        if e.seed is None or e.seed in out:
+            continue
+        others = tuple(s for s in e.label.split("-") if s != "forget")
+        d = stage_dir(root, others, e.seed)
+        if not (d / "model.safetensors").exists():
+            continue
+        ra = run_args(a, a.methods[0], PathEntry(e.dir, e.label, e.position, e.seed), e.seed, split, root)
+        probe = _probe_for(ra)
+        out[e.seed] = (str(d.relative_to(root)), np.asarray(probe(load_causal_lm(str(d)))["pred"], dtype=float))
     return out
 
 
@@ -289,10 +325,14 @@ def _run_all(args: list, parallel: int, progress: bool) -> list[str]:
 
 
 def headline_metrics(summary: dict) -> dict:
-    """The registered scalars of the summary for metrics.json (per-method keys are in the summary JSON)."""
+    """metrics.json: the summary's overall scalars and each method's cross-path scalars as ``<method>_<stat>``
+    (registered templates of `unlearn.metrics.path`); the nested details stay in the summary JSON."""
     from unlearn.metrics import check_keys
 
-    flat = {k: v for k, v in summary.get("headline", {}).items()
+    flat = dict(summary.get("overall", {}))
+    for m, res in summary.get("per_method", {}).items():
+        flat.update({f"{m}_{k}": v for k, v in res.items()})
+    flat = {k: v for k, v in flat.items()
             if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)}  # fmt: skip
     bad = check_keys(flat)
     return {k: v for k, v in flat.items() if k not in bad}

@@ -224,3 +224,37 @@ def run_toy(cfg: ToyConfig | None = None):
             "log_d": np.log(res["d"]),
         }
     )
+
+
+def write_toy(cfg: ToyConfig, out) -> "Path":  # noqa: UP037 - Path is imported inside
+    """``unlearn paths toy``: `run_toy`'s table as ``toy.csv`` and a figure ``toy.png`` (d(t) and the theorem's
+    bound on a log scale; the lemma's relative error) in ``out``."""
+    from pathlib import Path
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from unlearn.workflow import check_out_dir
+
+    out = check_out_dir(Path(out))
+    out.mkdir(parents=True, exist_ok=True)
+    df = run_toy(cfg)
+    df.to_csv(out / "toy.csv", index=False, float_format="%.8g")
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.6))
+    a.semilogy(df["step"], df["d"], label="d(AB, BA): mean squared prediction gap")
+    a.semilogy(df["step"], df["bound"], "--", label="Theorem 3.1 lower bound")
+    a.set_xlabel("gradient-ascent step t")
+    a.set_ylabel("distance (squared prediction units)")
+    a.legend(fontsize=8)
+    a.grid(alpha=0.3)
+    b.semilogy(df["step"], df["lemma_error"].clip(lower=1e-17))
+    b.set_xlabel("gradient-ascent step t")
+    b.set_ylabel("relative error of the lemma (I + M_U)^t")
+    b.grid(alpha=0.3)
+    fig.suptitle(f"two-stage linear model, d={cfg.d}, k={cfg.k}, m={cfg.m}, mu={cfg.mu}, eta={cfg.eta}", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(out / "toy.png", dpi=120)
+    plt.close(fig)
+    return out

@@ -79,8 +79,8 @@ def test_stage_restarts_optimizer_and_continues_weights(unlearn_home, tmp_path):
 
     from unlearn.targets.llm import load_causal_lm
 
-    pcfg = pb.replace(pb.get_preset("micro"), epochs=(("entities", 2), ("world_facts", 1), ("skill", 1),
-                                                       ("forget", 1)), parallel=1)  # fmt: skip
+    pcfg = pb.replace(pb.get_preset("micro"), base="scratch", epochs=(("entities", 2), ("world_facts", 1),
+                      ("skill", 1), ("forget", 1)), parallel=1)  # fmt: skip
     root = pb.build_paths(pcfg, orders="entities-forget-world_facts-skill,forget-entities-world_facts-skill",
                           seeds=(0,), out=tmp_path / "p", progress=False, log=lambda *a: None)  # fmt: skip
     parent = load_causal_lm(str(pb.stage_dir(root, ("entities",), 0)))
@@ -107,6 +107,29 @@ def test_stage_restarts_optimizer_and_continues_weights(unlearn_home, tmp_path):
                    out=root, progress=False, log=logs.append)  # fmt: skip
     assert "1 stage trainings to run" in logs[0]
     assert (pb.stage_dir(root, ("entities",), 0) / "card.json").stat().st_mtime_ns == before
+
+
+def test_first_stage_starts_from_the_oracle(micro_target, tmp_path):
+    """base = oracle: a path's first stage continues the retain-only oracle (one short stage moves it a little)."""
+    from unlearn.targets.llm import load_causal_lm
+
+    pcfg = pb.replace(pb.get_preset("micro"), epochs=(("entities", 1), ("world_facts", 1), ("skill", 1),
+                                                       ("forget", 1)), parallel=1)  # fmt: skip
+    root = pb.build_paths(pcfg, orders="skill-forget-entities-world_facts,forget-skill-entities-world_facts",
+                          seeds=(0,), out=tmp_path / "p", progress=False, log=lambda *a: None)  # fmt: skip
+    base = load_causal_lm(str(pb.base_dir(pcfg, 0)))
+    assert pb.base_dir(pcfg, 0).name == "oracle_forget10"
+    first = load_causal_lm(str(pb.stage_dir(root, ("skill",), 0)))
+    fresh = pb.replace(pb._build_cfg(pcfg))
+    from unlearn.targets.build import new_model
+    from unlearn.targets.llm import load_tokenizer
+
+    init = new_model(fresh, load_tokenizer(str(root / "tokenizer")))
+    d_base = sum((a - b).norm() ** 2 for a, b in zip(base.parameters(), first.parameters()))
+    d_init = sum((a - b).norm() ** 2 for a, b in zip(init.parameters(), first.parameters()))
+    assert 0 < d_base < 0.05 * d_init
+    card = pb.read_json(pb.path_dir(root, ("skill", "forget", "entities", "world_facts"), 0) / "card.json")
+    assert card["base"].endswith("oracle_forget10") and card["position"] == 2 and card["tinyfacts_build"] == "micro"
 
 
 def test_bad_input(tmp_path):
