@@ -213,11 +213,11 @@ def test_wrong_architecture_checkpoint_and_kinds(env, tmp_path, capsys):
     assert "cannot load the UNet" in capsys.readouterr().err
     status = _read(tmp_path / "tinyshapes" / "bad" / "rece" / "circle" / "seed0" / "status.json")
     assert status["state"] == "failed" and "cannot load the UNet" in status["reason"]
-    # a diffusers directory that is not a TinyShapes pipeline: kind sd, and no classifier for erasure metrics
+    # a diffusers directory that is not a TinyShapes pipeline: kind sd, judged by a CLIP model it must be given
     (bad / "tinyshapes.json").unlink()
     assert target_kind(bad) == "sd" and target_kind(env) == "tinyshapes"
     assert main(["erase", "--model", str(bad), "--out", str(tmp_path), *FAST]) == 2
-    assert "need a concept classifier" in capsys.readouterr().err
+    assert "needs --judge" in capsys.readouterr().err
     shutil.rmtree(bad / "scheduler")
     assert main(["erase", "--model", str(bad), "--out", str(tmp_path), *FAST]) == 2
     assert "missing scheduler/" in capsys.readouterr().err
