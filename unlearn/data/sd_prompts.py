@@ -58,6 +58,8 @@ def load_prompts(path: str | Path | None = None) -> list[PromptRow]:
                 vals = {k: (row.get(k) or "").strip() for k in (*REQUIRED_COLUMNS, "domain")}
                 if not any(vals.values()):
                     continue  # a blank line
+                if any("\n" in v for v in vals.values()):
+                    raise UnlearnError(f"{p}:{line}: a cell spans several lines (an unclosed quote?)")
                 for k in REQUIRED_COLUMNS:
                     if not vals[k]:
                         raise UnlearnError(f"{p}:{line}: empty {k!r}")
