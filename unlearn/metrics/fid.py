@@ -44,7 +44,9 @@ def frechet_distance(features, real, fake, batch_size: int = 32) -> float:
     for imgs, is_real in ((real, True), (fake, False)):
         for i in range(0, imgs.shape[0], batch_size):
             fid.update(imgs[i : i + batch_size], real=is_real)
-    return float(fid.compute())
+    # a squared distance: below 0 only by round-off (the eigenvalues of a rank-deficient Σ_a Σ_b when there are
+    # fewer images than feature dimensions), so clamped there
+    return max(float(fid.compute()), 0.0)
 
 
 # ----------------------------------------------------------------------------------------------- Inception-v3

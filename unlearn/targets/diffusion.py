@@ -77,7 +77,7 @@ def hub_pipeline_dir(name: str) -> Path:
     from huggingface_hub import snapshot_download  # only for a hub id
 
     if name.startswith((".", "/", "~")) or name.count("/") != 1:
-        raise UnlearnError(f"model {name!r}: no such directory, and not a hub id like CompVis/stable-diffusion-v1-4")
+        return pipeline_dir(name)  # not a hub id: the missing-directory error
     offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
     try:
         snap = snapshot_download(name, local_files_only=offline, ignore_patterns=_HUB_IGNORE)
