@@ -71,7 +71,10 @@ def test_erase_on_cached_sd_id(erased, sd_hub):
     assert [ln for ln in res.stdout.splitlines() if ln.startswith("fid")] == [
         "fid: omitted (no --fid-weights: FID Inception-v3 weights, safetensors or a weights-only state dict)"
     ]  # one line, and no fid row in the printed metrics
-    ex = [json.loads(ln) for ln in (rdir / "examples.jsonl").read_text().splitlines()]
+    ex = [json.loads(ln) for ln in (rdir / "examples.jsonl").read_text().splitlines()]  # the metrics' source
+    from unlearn.metrics.clip_judge import judge_metrics
+
+    assert judge_metrics(ex, "church", "object") == {k: m[k] for k in judge_metrics(ex, "church", "object")}
     # default set for church, 1 image per prompt: 3 forget, 2 paraphrase, 9 x 3 other objects + 5 x 2 scenes
     assert [sum(e["set"] == s for e in ex) for s in ("forget", "paraphrase", "retain", "adversarial")] == [3, 2, 37, 3]
     cfg = _read(rdir / "config.json")["resolved"]
@@ -144,6 +147,7 @@ def test_bad_input_is_one_line_and_loses_nothing(hub, erased, tmp_path, capsys):
     _one_line_error(capsys, ["erase", "--method", "uce", *base, *out, "--concept", "unicorn"],
                     "no forget prompts for concept 'unicorn'")  # fmt: skip
     _one_line_error(capsys, ["erase", "--method", "uce", *base[:4], *out], "needs --judge")
+    _one_line_error(capsys, ["eval", *base[:4], *out], "needs --judge")  # a cached SD id is routed to diffusion
     _one_line_error(capsys, ["erase", "--method", "uce", *base, "--fid-weights", str(tmp_path / "none.pt"), *out],
                     "--fid-weights")  # fmt: skip
     assert not (tmp_path / "runs").exists()  # every refusal came before a run directory was claimed
@@ -170,3 +174,27 @@ def test_gradient_method_on_sd(hub, tmp_path, capsys):
     _check_ranges(m)
     trace = [json.loads(ln) for ln in (rdir / "trace.jsonl").read_text().splitlines()]
     assert len([t for t in trace if "loss" in t]) == 2 and all(math.isfinite(t["loss"]) for t in trace if "loss" in t)
+
+
+def test_sd_images_are_paired_across_models_and_distinct_across_sets(hub):
+    """Same rows and set -> the same noise for any model (original vs erased is a paired comparison); another set
+    or seed -> other noise. Images come out of the VAE in [0, 1] at its resolution."""
+    import copy
+
+    from unlearn.data.sd_prompts import PromptRow
+    from unlearn.erase import sd_images
+    from unlearn.metrics.diffusion import DiffusionEvalConfig
+    from unlearn.targets.diffusion import hub_pipeline_dir, load_target
+
+    target = load_target(hub_pipeline_dir(SD))
+    twin = copy.deepcopy(target)
+    rows = [PromptRow("a photo of a thing", "thing", "forget")] * 10  # one prompt, 2 sampling calls (8 + 2)
+    ecfg = DiffusionEvalConfig(sample_steps=2, guidance=7.5)
+    a = sd_images(target, rows, ecfg, salt=0, desc="a", progress=False)
+    assert a.shape == (10, 3, 16, 16) and 0 <= a.min() and a.max() <= 1
+    assert torch.equal(a, sd_images(twin, rows, ecfg, salt=0, desc="b", progress=False))
+    assert not torch.allclose(a, sd_images(target, rows, ecfg, salt=1, desc="c", progress=False))
+    other_seed = DiffusionEvalConfig(seed=1, sample_steps=2, guidance=7.5)
+    assert not torch.allclose(a, sd_images(target, rows, other_seed, salt=0, desc="d", progress=False))
+    # one prompt everywhere: only the noise tells images apart, and the second call does not reuse the first's
+    assert not torch.allclose(a[0], a[8]) and not torch.allclose(a[0], a[1])

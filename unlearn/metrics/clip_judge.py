@@ -136,7 +136,7 @@ def _preprocessor_config(name: str, local: bool) -> dict:
 
 def load_judge(name: str, device: str | None = None) -> ClipJudge:
     """A `ClipJudge` from a CLIP directory or hub id (cached, offline); one-line errors otherwise."""
-    from transformers import AutoTokenizer, CLIPModel  # heavy: only when a judge is needed
+    from transformers import AutoConfig, AutoTokenizer, CLIPModel  # heavy: only when a judge is needed
 
     p = Path(name).expanduser()
     local = p.exists()
@@ -144,10 +144,14 @@ def load_judge(name: str, device: str | None = None) -> ClipJudge:
         raise UnlearnError(f"--judge {name}: not a Hugging Face CLIP directory (no config.json)")
     if not local and (name.startswith((".", "/", "~")) or name.count("/") != 1):
         raise UnlearnError(f"--judge {name}: neither a CLIP directory nor a hub id like openai/clip-vit-base-patch32")
-    src = str(p) if local else name
+    src, cached = (str(p) if local else name), local or _offline()  # cached: never ask the network
     try:
-        model = CLIPModel.from_pretrained(src, use_safetensors=True, local_files_only=local or _offline())
-        tok = AutoTokenizer.from_pretrained(src, trust_remote_code=False, local_files_only=local or _offline())
+        # the architecture first: CLIPModel.from_pretrained on another model type warns and initialises randomly
+        kind = AutoConfig.from_pretrained(src, trust_remote_code=False, local_files_only=cached).model_type
+        if kind != "clip":
+            raise UnlearnError(f"--judge {name}: a {kind!r} model, not CLIP (model_type 'clip')")
+        model = CLIPModel.from_pretrained(src, use_safetensors=True, local_files_only=cached)
+        tok = AutoTokenizer.from_pretrained(src, trust_remote_code=False, local_files_only=cached)
     except (OSError, ValueError) as e:
         msg = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
         raise UnlearnError(f"cannot load the CLIP judge {name!r} ({msg}); offline, put it in the Hugging Face "

@@ -86,6 +86,10 @@ def test_load_judge_errors(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(UnlearnError, match="not a Hugging Face CLIP directory"):
         load_judge(str(tmp_path / "empty"))
+    (tmp_path / "llama").mkdir()
+    (tmp_path / "llama" / "config.json").write_text('{"model_type": "llama"}')
+    with pytest.raises(UnlearnError, match="a 'llama' model, not CLIP"):
+        load_judge(str(tmp_path / "llama"))
     with pytest.raises(UnlearnError, match="neither a CLIP directory nor a hub id"):
         load_judge("CLIP")
     with pytest.raises(UnlearnError, match="cannot load the CLIP judge 'nobody/absent-clip'.*HF_HOME"):
