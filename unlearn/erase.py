@@ -355,26 +355,23 @@ def _sha(path: Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
 
 
-def sd_images(target, cond_or_rows, ecfg: DiffusionEvalConfig, salt: int, desc: str, progress: bool = True,
-              latents: bool = False):  # fmt: skip
-    """Images (n, 3, H, W) in [0, 1] (or latents) for prompt rows or embeddings (n, T, d), SD_BATCH per call.
+def sd_images(target, cond: torch.Tensor, ecfg: DiffusionEvalConfig, salt: int, desc: str, progress: bool = True,
+              latents: bool = False) -> torch.Tensor:  # fmt: skip
+    """Images (n, 3, H, W) in [0, 1] (or latents) for text embeddings ``cond`` (n, T, d), SD_BATCH per call.
 
-    Call k of set ``salt`` draws its noise from seed (ecfg.seed, salt, k): two models given the same rows draw from
-    identical noise, so original-vs-erased images are paired, and the sets do not share noise.
+    Call k of set ``salt`` draws its noise from seed (ecfg.seed, salt, k): two models given the same embeddings draw
+    from identical noise, so original-vs-erased images are paired, and the sets do not share noise.
     """
-    rows = cond_or_rows if isinstance(cond_or_rows, list) else None
-    n = len(rows) if rows is not None else cond_or_rows.shape[0]
     out = []
-    for k, i in enumerate(tqdm(range(0, n, SD_BATCH), desc=desc, disable=not progress, leave=False)):
-        cond = (
-            encode_prompts(target, [r.prompt for r in rows[i : i + SD_BATCH]])
-            if rows
-            else cond_or_rows[i : i + SD_BATCH]
-        )
+    for k, i in enumerate(tqdm(range(0, cond.shape[0], SD_BATCH), desc=desc, disable=not progress, leave=False)):
         seed = (ecfg.seed * 1_000 + salt) * 100_003 + k
-        out.append(sample(target, cond, seed=seed, steps=ecfg.sample_steps, guidance=ecfg.guidance,
+        out.append(sample(target, cond[i : i + SD_BATCH], seed=seed, steps=ecfg.sample_steps, guidance=ecfg.guidance,
                           batch_size=SD_BATCH, latents=latents))  # fmt: skip
     return torch.cat(out)
+
+
+def _encode(target, rows: list) -> torch.Tensor:  # PromptRows -> text embeddings (n, T, d)
+    return encode_prompts(target, [r.prompt for r in rows])
 
 
 def evaluate_sd(target, original, concept: str, inputs: SDInputs, ecfg: DiffusionEvalConfig, progress: bool = True,
@@ -389,17 +386,17 @@ def evaluate_sd(target, original, concept: str, inputs: SDInputs, ecfg: Diffusio
     ipp = ecfg.images_per_prompt
     rows = {s: [r for r in inputs.sets[s] for _ in range(ipp)] for s in SD_SETS}
     examples, retain_imgs = [], None
-    jobs = [(s, rows[s], salt) for salt, s in enumerate(SD_SETS) if rows[s]]
+    jobs = [(s, rows[s], _encode(target, rows[s]), salt) for salt, s in enumerate(SD_SETS) if rows[s]]
     if original is not None:
         W, W0 = kv_weights(target.unet), kv_weights(original.unet)
         if [w.shape for w in W] != [w.shape for w in W0]:
             raise UnlearnError(f"{original.path} is not the original of {target.path}: their cross-attention "
                                "layers differ in number or shape")  # fmt: skip
-        cond_f = encode_prompts(target, [r.prompt for r in rows["forget"]])  # (n_f, T, d)
-        jobs.append(("adversarial", adversarial_attack(W, W0, cond_f, ecfg.attack_reg), 0))  # forget's noise
-    for name, src, salt in jobs:
-        imgs = sd_images(target, src, ecfg, salt, f"{name} images", progress)
-        judged = read_images(inputs.judge, imgs, rows["forget"] if name == "adversarial" else src, inputs.labels)
+        adv = adversarial_attack(W, W0, jobs[0][2], ecfg.attack_reg)  # (n_f, T, d) from the forget embeddings
+        jobs.append(("adversarial", rows["forget"], adv, 0))  # the forget images' noise
+    for name, set_rows, cond, salt in jobs:
+        imgs = sd_images(target, cond, ecfg, salt, f"{name} images", progress)
+        judged = read_images(inputs.judge, imgs, set_rows, inputs.labels)
         examples += [dict(e, set=name, image=i) for i, e in enumerate(judged)]
         if name == "retain":
             retain_imgs = imgs
@@ -414,7 +411,8 @@ def evaluate_sd(target, original, concept: str, inputs: SDInputs, ecfg: Diffusio
         if key not in metrics:
             log(f"{key}: omitted ({why})")
     if inputs.inception is not None and original is not None and retain_imgs is not None:
-        ref = sd_images(original, rows["retain"], ecfg, SD_SETS.index("retain"), "original images", progress)
+        cond_r = _encode(original, rows["retain"])
+        ref = sd_images(original, cond_r, ecfg, SD_SETS.index("retain"), "original images", progress)
         metrics["fid"] = frechet_distance(inputs.inception, ref, retain_imgs)
     elif inputs.inception is not None:
         log("fid: omitted (" + ("no original model" if original is None else "no retain prompts") + ")")
@@ -424,7 +422,8 @@ def evaluate_sd(target, original, concept: str, inputs: SDInputs, ecfg: Diffusio
 def _sd_grid(target, original, inputs: SDInputs, ecfg: DiffusionEvalConfig, path: Path, label: str) -> None:
     """Up to 4 forget and 4 retain prompts, one image each: the original's row above ``target``'s."""
     rows = inputs.sets["forget"][:4] + inputs.sets["retain"][:: max(1, len(inputs.sets["retain"]) // 4)][:4]
-    imgs = [sd_images(m, rows, ecfg, 99, "grid", progress=False) for m in (original, target) if m is not None]
+    models = [m for m in (original, target) if m is not None]
+    imgs = [sd_images(m, _encode(m, rows), ecfg, 99, "grid", progress=False) for m in models]
     labels = ["original", label] if original is not None else [label]
     save_grid(torch.cat(imgs), path, nrow=len(rows), labels=labels)
 
@@ -435,8 +434,8 @@ def sd_training_pairs(target, inputs: SDInputs, ecfg: DiffusionEvalConfig, per_p
 
     def pairs(rows, salt):
         rows = [r for r in rows for _ in range(per_prompt)]
-        x0 = sd_images(target, rows, ecfg, salt, "training pairs", progress, latents=True)
-        return x0, encode_prompts(target, [r.prompt for r in rows]).cpu()
+        cond = _encode(target, rows)
+        return sd_images(target, cond, ecfg, salt, "training pairs", progress, latents=True), cond.cpu()
 
     return pairs(inputs.sets["forget"], 11), pairs(inputs.sets["retain"], 13)
 
@@ -517,9 +516,7 @@ def eval_sd(model: str, path: Path, concept: str, original: str | None, out, sd:
     check_ranges(ecfg)
     if original is None and (path / ERASED_JSON).exists():
         original = json.loads((path / ERASED_JSON).read_text())["erased"]["original"]
-    opath = resolve_model(original) if original else None
-    if opath is None:
-        log("no --original (and the pipeline names none): fid and adversarial_attack_success are left out")
+    opath = resolve_model(original) if original else None  # None: evaluate_sd says what it leaves out
     inputs = sd_inputs(concept, sd, log)
     run = None
     if out is not None:

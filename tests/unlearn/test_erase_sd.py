@@ -181,20 +181,19 @@ def test_sd_images_are_paired_across_models_and_distinct_across_sets(hub):
     or seed -> other noise. Images come out of the VAE in [0, 1] at its resolution."""
     import copy
 
-    from unlearn.data.sd_prompts import PromptRow
     from unlearn.erase import sd_images
     from unlearn.metrics.diffusion import DiffusionEvalConfig
-    from unlearn.targets.diffusion import hub_pipeline_dir, load_target
+    from unlearn.targets.diffusion import encode_prompts, hub_pipeline_dir, load_target
 
     target = load_target(hub_pipeline_dir(SD))
     twin = copy.deepcopy(target)
-    rows = [PromptRow("a photo of a thing", "thing", "forget")] * 10  # one prompt, 2 sampling calls (8 + 2)
+    cond = encode_prompts(target, ["a photo of a thing"] * 10)  # one prompt, 2 sampling calls (8 + 2)
     ecfg = DiffusionEvalConfig(sample_steps=2, guidance=7.5)
-    a = sd_images(target, rows, ecfg, salt=0, desc="a", progress=False)
+    a = sd_images(target, cond, ecfg, salt=0, desc="a", progress=False)
     assert a.shape == (10, 3, 16, 16) and 0 <= a.min() and a.max() <= 1
-    assert torch.equal(a, sd_images(twin, rows, ecfg, salt=0, desc="b", progress=False))
-    assert not torch.allclose(a, sd_images(target, rows, ecfg, salt=1, desc="c", progress=False))
+    assert torch.equal(a, sd_images(twin, cond, ecfg, salt=0, desc="b", progress=False))
+    assert not torch.allclose(a, sd_images(target, cond, ecfg, salt=1, desc="c", progress=False))
     other_seed = DiffusionEvalConfig(seed=1, sample_steps=2, guidance=7.5)
-    assert not torch.allclose(a, sd_images(target, rows, other_seed, salt=0, desc="d", progress=False))
+    assert not torch.allclose(a, sd_images(target, cond, other_seed, salt=0, desc="d", progress=False))
     # one prompt everywhere: only the noise tells images apart, and the second call does not reuse the first's
     assert not torch.allclose(a[0], a[8]) and not torch.allclose(a[0], a[1])
