@@ -52,6 +52,7 @@ from unlearn.workflow import claim_run, files_hash
 
 ERASE_SETS = ("concept", "phrases")
 TINYSHAPES_GUIDANCE = 1.5  # the TinyShapes quality bar is measured at 1.5
+SD_GUIDANCE = 7.5  # diffusers' StableDiffusionPipeline default
 
 
 @dataclass
@@ -63,7 +64,7 @@ class EraseConfig:
     out: str = "runs"  # runs root
     images_per_prompt: int = 2  # evaluation images per (shape, colour, background) prompt
     sample_steps: int = 20  # DDIM steps (evaluation, grid and the gradient methods' training pairs)
-    guidance: float | None = None  # classifier-free guidance; None: 1.5 on TinyShapes (its quality bar), 7.5 on SD
+    guidance: float = 1.5  # classifier-free guidance scale (the TinyShapes quality bar is measured at 1.5)
     attack_reg: float = 1e-3  # λ of the closed-form adversarial-embedding attack
     erase_set: str = "concept"  # closed-form edits: "concept" = the word alone (UCE/RECE papers); "phrases" = the
     #                             word in short caption phrases (data.tinyshapes.erase_phrases), never the eval prompts
@@ -76,6 +77,7 @@ class EraseConfig:
     prompts: str | None = None  # None: the default object prompt set (unlearn/assets/sd_prompts/objects.csv)
     judge: str | None = None  # a CLIP directory or hub id
     fid_weights: str | None = None  # FID Inception-v3 weights (safetensors / weights_only); None: no fid
+    sd_guidance: float = SD_GUIDANCE  # guidance on Stable Diffusion (the CLI's --guidance sets both)
 
 
 def apply_erase_overrides(method: str, groups: dict, overrides: list[tuple[str, str]]) -> None:
@@ -101,9 +103,8 @@ def erase_configs(cfg: EraseConfig):
     spec = get_method(cfg.method, "diffusion")
     mcfg = spec.config_cls()
     tcfg = None if spec.closed_form else DiffusionTrainConfig()
-    guidance = TINYSHAPES_GUIDANCE if cfg.guidance is None else cfg.guidance
     ecfg = DiffusionEvalConfig(seed=cfg.seed, images_per_prompt=cfg.images_per_prompt, sample_steps=cfg.sample_steps,
-                               guidance=guidance, attack_reg=cfg.attack_reg)  # fmt: skip
+                               guidance=cfg.guidance, attack_reg=cfg.attack_reg)  # fmt: skip
     check_ranges(ecfg)  # --images-per-prompt / --sample-steps arrive as flags, not through set_field
     apply_erase_overrides(cfg.method, {"method": mcfg, "train": tcfg, "eval": ecfg}, cfg.overrides)
     return spec, mcfg, tcfg, ecfg
@@ -287,7 +288,6 @@ def eval_diffusion(
 # classifier: prompts come from a CSV (unlearn.data.sd_prompts), a CLIP model judges the images zero-shot
 # (unlearn.metrics.clip_judge) and FID compares them with the original model's (unlearn.metrics.fid).
 # docs/diffusion-sd-eval.md describes the whole path.
-SD_GUIDANCE = 7.5  # diffusers' StableDiffusionPipeline default
 SD_BATCH = 8  # images per sampling call: `sample` decodes a call's latents at once (8 x 3 x 512 x 512 for SD)
 SD_SETS = ("forget", "paraphrase", "retain")  # position = the noise salt of the set's images (paired across models)
 
@@ -459,9 +459,8 @@ def run_erase_sd(cfg: EraseConfig, path: Path, log=print) -> Path:
     spec = get_method(cfg.method, "diffusion")
     mcfg = spec.config_cls()
     tcfg = None if spec.closed_form else DiffusionTrainConfig()
-    guidance = SD_GUIDANCE if cfg.guidance is None else cfg.guidance
     ecfg = DiffusionEvalConfig(seed=cfg.seed, images_per_prompt=cfg.images_per_prompt, sample_steps=cfg.sample_steps,
-                               guidance=guidance, attack_reg=cfg.attack_reg)  # fmt: skip
+                               guidance=cfg.sd_guidance, attack_reg=cfg.attack_reg)  # fmt: skip
     check_ranges(ecfg)
     apply_erase_overrides(cfg.method, {"method": mcfg, "train": tcfg, "eval": ecfg}, cfg.overrides)
     if cfg.erase_set != "concept":

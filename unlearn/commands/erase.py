@@ -69,9 +69,10 @@ def run(args) -> int:
         model=args.model, method=args.method, concept=args.concept, seed=args.seed, out=args.out,
         images_per_prompt=args.images_per_prompt, sample_steps=args.sample_steps, erase_set=args.erase_set,
         overrides=overrides, force=args.force, reuse=args.reuse, save_model=args.save_model,
-        progress=not args.no_progress, guidance=args.guidance, prompts=args.prompts, judge=args.judge,
-        fid_weights=args.fid_weights,
+        progress=not args.no_progress, prompts=args.prompts, judge=args.judge, fid_weights=args.fid_weights,
     )  # fmt: skip
+    if args.guidance is not None:  # one flag; the defaults differ by target (EraseConfig)
+        cfg.guidance = cfg.sd_guidance = args.guidance
     rdir = run_erase(cfg)
     for k, v in read_json(rdir / "metrics.json").items():
         print(f"{k:28s} {v:.4f}" if isinstance(v, float) else f"{k:28s} {v}")
