@@ -197,3 +197,28 @@ def test_sd_images_are_paired_across_models_and_distinct_across_sets(hub):
     assert not torch.allclose(a, sd_images(target, cond, other_seed, salt=0, desc="d", progress=False))
     # one prompt everywhere: only the noise tells images apart, and the second call does not reuse the first's
     assert not torch.allclose(a[0], a[8]) and not torch.allclose(a[0], a[1])
+
+
+def test_eval_without_an_original_leaves_out_what_needs_one(hub, tmp_path, capsys):
+    """The hub id judged on its own: no original is known, so adversarial_attack_success and fid are left out, each
+    with one printed line, and everything else is written through the run lifecycle."""
+    from safetensors.torch import save_file
+
+    from unlearn.metrics.fid import inception_fid
+
+    save_file(inception_fid().state_dict(), str(tmp_path / "inc.safetensors"))
+    (tmp_path / "p.csv").write_text(SMALL_CSV)
+    out = tmp_path / "ev"
+    argv = ["eval", "--model", SD, "--concept", "church", "--judge", CLIP, "--prompts", str(tmp_path / "p.csv"),
+            "--fid-weights", str(tmp_path / "inc.safetensors"), "--out", str(out), *FAST]  # fmt: skip
+    assert main(argv) == 0
+    printed = capsys.readouterr().out.splitlines()
+    assert [ln for ln in printed if "omitted" in ln] == [
+        "adversarial_attack_success: omitted (no original model to attack from)",
+        "fid: omitted (no original model)",
+    ]
+    m = _read(out / "metrics.json")
+    _check_ranges({**m, "adversarial_attack_success": 0.0})
+    assert "fid" not in m and "adversarial_attack_success" not in m
+    assert _read(out / "config.json")["resolved"]["original"] is None
+    assert _read(out / "status.json")["state"] == "finished"
