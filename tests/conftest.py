@@ -81,3 +81,96 @@ def tiny_target_dir(tiny, tmp_path_factory):
     for name, split in (("forget", "forget10"), ("retain", "retain90"), ("holdout", "holdout10")):
         atomic_write_jsonl(root / f"{name}.jsonl", splits[split])
     return root
+
+
+# ----------------------------------------------------------------------------------------------- Stable Diffusion
+SD_REPO, CLIP_REPO = "CompVis/stable-diffusion-v1-4", "openai/clip-vit-base-patch32"
+
+
+def _clip_tokenizer(root):
+    """A real CLIPTokenizer from vocab / merges files written here: CLIP's byte alphabet with and without the
+    end-of-word mark, no merges (every word is spelled out letter by letter), 514 ids, 77-token context."""
+    import json
+
+    from tokenizers.pre_tokenizers import ByteLevel
+    from transformers import CLIPTokenizer
+
+    chars = sorted(ByteLevel.alphabet())
+    vocab = chars + [c + "</w>" for c in chars] + ["<|startoftext|>", "<|endoftext|>"]  # ids 512, 513
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(vocab)}))
+    (root / "merges.txt").write_text("#version: 0.2\n")
+    return CLIPTokenizer(str(root / "vocab.json"), str(root / "merges.txt"), model_max_length=77)
+
+
+def _hub_snapshot(hub, repo_id: str):
+    """``hub/models--org--name/snapshots/<rev>/`` with ``refs/main`` -> rev: the layout huggingface_hub reads."""
+    rev = "0123456789abcdef0123456789abcdef01234567"
+    repo = hub / ("models--" + repo_id.replace("/", "--"))
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(rev)
+    return repo / "snapshots" / rev
+
+
+def build_sd_hub(home):
+    """A fabricated Hugging Face cache under ``home`` (HF_HOME): a tiny random SD-shaped pipeline saved as
+    ``CompVis/stable-diffusion-v1-4`` (UNet2DConditionModel with cross-attention, AutoencoderKL, CLIPTextModel,
+    CLIPTokenizer, PNDM scheduler as SD 1.4 ships it) and a tiny random CLIPModel as ``openai/clip-vit-base-patch32``.
+    Random weights under a fixed seed: it exercises the mechanics of the SD path, says nothing about quality."""
+    import json
+
+    import torch
+    from diffusers import AutoencoderKL, PNDMScheduler, UNet2DConditionModel
+    from transformers import CLIPConfig, CLIPModel, CLIPTextConfig, CLIPTextModel
+
+    torch.manual_seed(0)
+    sd = _hub_snapshot(home / "hub", SD_REPO)
+    tok = _clip_tokenizer(home / "_tok")
+    text = dict(vocab_size=514, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                max_position_embeddings=77, bos_token_id=512, eos_token_id=513, pad_token_id=513)  # fmt: skip
+    CLIPTextModel(CLIPTextConfig(**text)).save_pretrained(sd / "text_encoder", safe_serialization=True)
+    tok.save_pretrained(sd / "tokenizer")
+    UNet2DConditionModel(
+        sample_size=8, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(32, 64),
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=32, attention_head_dim=8, norm_num_groups=8,
+    ).save_pretrained(sd / "unet", safe_serialization=True)  # fmt: skip
+    AutoencoderKL(
+        in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(8, 16), latent_channels=4, layers_per_block=1,
+        norm_num_groups=4, sample_size=16,
+    ).save_pretrained(sd / "vae", safe_serialization=True)  # fmt: skip
+    PNDMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", skip_prk_steps=True,
+                  steps_offset=1).save_pretrained(sd / "scheduler")  # fmt: skip
+    index = {"_class_name": "StableDiffusionPipeline", "_diffusers_version": "0.42.1",
+             "unet": ["diffusers", "UNet2DConditionModel"], "vae": ["diffusers", "AutoencoderKL"],
+             "text_encoder": ["transformers", "CLIPTextModel"], "tokenizer": ["transformers", "CLIPTokenizer"],
+             "scheduler": ["diffusers", "PNDMScheduler"], "safety_checker": [None, None],
+             "feature_extractor": [None, None]}  # fmt: skip
+    (sd / "model_index.json").write_text(json.dumps(index))
+
+    clip = _hub_snapshot(home / "hub", CLIP_REPO)
+    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, image_size=32,
+                  patch_size=8)  # fmt: skip
+    CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=16)).save_pretrained(
+        clip, safe_serialization=True
+    )
+    tok.save_pretrained(clip)
+    pre = {"crop_size": {"height": 32, "width": 32}, "size": {"shortest_edge": 32}, "do_center_crop": True,
+           "image_mean": [0.48145466, 0.4578275, 0.40821073], "image_std": [0.26862954, 0.26130258, 0.27577711],
+           "image_processor_type": "CLIPImageProcessor"}  # fmt: skip
+    (clip / "preprocessor_config.json").write_text(json.dumps(pre))
+    return home
+
+
+@pytest.fixture(scope="session")
+def sd_hub(tmp_path_factory):
+    """HF_HOME of the fabricated hub cache (`build_sd_hub`), built once per session."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return build_sd_hub(tmp_path_factory.mktemp("hf_home"))
+    finally:
+        torch.set_num_threads(threads)

@@ -57,6 +57,12 @@ def test_micro_build_is_a_diffusers_pipeline(env):
     assert build_tinyshapes("micro", progress=False, log=lambda *_: None) == env  # cached: no rebuild
 
 
+def rounds_fid_differs(rdir) -> bool:
+    """Round 0 (UCE) and the last RECE round give different domain FIDs: each is measured, not copied."""
+    fids = [r["domain_fid"] for r in _jsonl(rdir / "rounds.jsonl")]
+    return len(set(fids)) > 1 and all(f >= 0 for f in fids)
+
+
 def test_erase_rece_from_yaml_writes_run_dir(env, tmp_path, capsys):
     yaml = tmp_path / "rece.yaml"
     yaml.write_text("rounds: 2\npreserve: [square, red]\n")
@@ -67,9 +73,10 @@ def test_erase_rece_from_yaml_writes_run_dir(env, tmp_path, capsys):
     assert metrics["schema_version"] == 1 and check_keys(metrics) == []  # every key registered
     for k in ("erasure_rate", "in_domain_retention", "cross_domain_retention", "paraphrase_attack_success",
               "adversarial_attack_success", "cka_forget", "shape_acc", "colour_acc", "background_acc",
-              "edit_seconds"):  # fmt: skip
+              "edit_seconds", "domain_fid"):  # fmt: skip
         assert k in metrics
     assert 0 < metrics["cka_forget"] <= 1 and metrics["edit_seconds"] > 0
+    assert metrics["domain_fid"] > 0 and rounds_fid_differs(rdir)  # RECE moved the images in classifier space
     rounds = _jsonl(rdir / "rounds.jsonl")
     assert [r["round"] for r in rounds] == [0, 1, 2]
     ex = _jsonl(rdir / "examples.jsonl")
@@ -213,11 +220,11 @@ def test_wrong_architecture_checkpoint_and_kinds(env, tmp_path, capsys):
     assert "cannot load the UNet" in capsys.readouterr().err
     status = _read(tmp_path / "tinyshapes" / "bad" / "rece" / "circle" / "seed0" / "status.json")
     assert status["state"] == "failed" and "cannot load the UNet" in status["reason"]
-    # a diffusers directory that is not a TinyShapes pipeline: kind sd, and no classifier for erasure metrics
+    # a diffusers directory that is not a TinyShapes pipeline: kind sd, judged by a CLIP model it must be given
     (bad / "tinyshapes.json").unlink()
     assert target_kind(bad) == "sd" and target_kind(env) == "tinyshapes"
     assert main(["erase", "--model", str(bad), "--out", str(tmp_path), *FAST]) == 2
-    assert "need a concept classifier" in capsys.readouterr().err
+    assert "needs --judge" in capsys.readouterr().err
     shutil.rmtree(bad / "scheduler")
     assert main(["erase", "--model", str(bad), "--out", str(tmp_path), *FAST]) == 2
     assert "missing scheduler/" in capsys.readouterr().err

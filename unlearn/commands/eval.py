@@ -1,15 +1,17 @@
 """`unlearn eval`: evaluate any checkpoint without changing it.
 
 LLM (an alias, HF id or directory): the benchmark split's suite (basic | full | internal), optional lm-eval tasks,
-against the known oracle (or ``--oracle``). Diffusion (``tinyshapes`` or a diffusers directory, detected by
-``model_index.json``): the erasure metrics of ``--concept`` against ``--original``. ``--out`` is the run directory
-itself (config.json, metrics.json, examples.jsonl directly in it).
+against the known oracle (or ``--oracle``). Diffusion (``tinyshapes`` or a diffusers directory / cached hub id,
+detected by ``model_index.json``, or any model given ``--prompts`` / ``--judge``): the erasure metrics of
+``--concept`` against ``--original`` (Stable Diffusion: CLIP-judged, docs/diffusion-sd-eval.md). ``--out`` is the
+run directory itself (config.json, metrics.json, examples.jsonl directly in it).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from unlearn.commands.erase import add_sd_args
 from unlearn.commands.run import add_claim_args, add_data_args, close_accelerator, make_accelerator
 from unlearn.commands.table import format_table
 from unlearn.data.benchmarks import DataFiles
@@ -31,19 +33,28 @@ def register(sub) -> None:
     p.add_argument("--seed", type=int, default=0, help="diffusion: sampling seed")
     p.add_argument("--images-per-prompt", type=int, default=2, help="diffusion: images per prompt (default: 2)")
     p.add_argument("--sample-steps", type=int, default=20, help="diffusion: DDIM steps per image (default: 20)")
+    add_sd_args(p)
     add_claim_args(p)
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=run)
 
 
 def is_diffusion(model: str) -> bool:
+    """An embedded TinyShapes name, a directory with ``model_index.json``, or a hub id whose cached snapshot has one
+    (a diffusers pipeline: Stable Diffusion)."""
     from unlearn.targets.diffusion import EMBEDDED  # heavy (torch): only when a command needs it
 
-    return model in EMBEDDED or (Path(model).expanduser() / "model_index.json").exists()
+    if model in EMBEDDED or (Path(model).expanduser() / "model_index.json").exists():
+        return True
+    if Path(model).expanduser().exists() or model.count("/") != 1:
+        return False
+    from huggingface_hub import try_to_load_from_cache  # a hub id: look in the cache only, never the network
+
+    return isinstance(try_to_load_from_cache(model, "model_index.json"), str)
 
 
 def run(args) -> int:
-    if is_diffusion(args.model):
+    if args.prompts or args.judge or args.fid_weights or is_diffusion(args.model):
         return _run_diffusion(args)
     from unlearn.runner import EvalArgs, evaluate_checkpoint  # heavy (torch, transformers): inside the command
 
@@ -82,7 +93,8 @@ def _run_diffusion(args) -> int:
     rdir, metrics = eval_diffusion(
         model=args.model, concept=args.concept, original=args.original, out=args.out,
         seed=args.seed, images_per_prompt=args.images_per_prompt, sample_steps=args.sample_steps,
-        force=args.force, reuse=args.reuse, progress=not args.no_progress,
+        force=args.force, reuse=args.reuse, progress=not args.no_progress, guidance=args.guidance,
+        prompts=args.prompts, judge=args.judge, fid_weights=args.fid_weights,
     )  # fmt: skip
     print(format_table({args.model: metrics}))
     if rdir is not None:

@@ -156,6 +156,18 @@ def prompt_sets(concept: str, images_per_prompt: int) -> dict[str, list[dict]]:
     return {"eval": ev, "paraphrase": para, "forget": [r for r in ev if concept in r.values()]}
 
 
+def _original_images(original, prompts: list[str], cond, kw: dict):
+    """``original``'s images (n, 3, H, W) for ``prompts``, drawn once per (prompts, sampling settings) and kept on
+    the target object: the original is frozen, and RECE evaluates every round against the same one."""
+    from unlearn.targets.diffusion import sample  # heavy (torch): as above
+
+    cache = original.__dict__.setdefault("_eval_images", {})
+    key = (tuple(prompts), tuple(sorted(kw.items())))
+    if key not in cache:
+        cache[key] = sample(original, cond, **kw)
+    return cache[key]
+
+
 def evaluate_diffusion(
     target: DiffusionTarget, original: DiffusionTarget, concept: str, cfg: DiffusionEvalConfig
 ) -> tuple[dict[str, float], list[dict]]:
@@ -165,7 +177,9 @@ def evaluate_diffusion(
     Needs only the two checkpoints, not how the edit was made; ``target`` must carry a concept classifier
     (TinyShapes pipelines ship one). Images of the eval grid, the paraphrases and the adversarial embeddings of the
     forget prompts are drawn with the same seeded noise, read by the classifier and scored per example.
+    ``domain_fid`` compares the eval grid's images with ``original``'s in the classifier's penultimate features.
     """
+    from unlearn.metrics.fid import classifier_features, frechet_distance  # heavy (torchmetrics): as above
     from unlearn.targets.diffusion import encode_prompts, kv_weights, sample  # heavy (torch): as above
 
     domain = concept_kind(concept)
@@ -190,7 +204,10 @@ def evaluate_diffusion(
         cond = encode_prompts(target, [r["prompt"] for r in rows]) if cond is None else cond
         imgs = sample(target, cond, **kw)  # (n, 3, H, W) in [0, 1]
         examples += score(rows, classify(target.classifier, imgs, LABELS))
+        if rows is sets["eval"]:  # the domain FID: the original's images of the same grid from the same noise
+            grid_pair = (_original_images(original, [r["prompt"] for r in rows], cond, kw), imgs)
     metrics = erasure_metrics(examples, concept, domain)
+    metrics["domain_fid"] = frechet_distance(classifier_features(target.classifier), *grid_pair)  # metrics/fid.py
     cond_r = encode_prompts(target, [r["prompt"] for r in sets["eval"] if concept not in r.values()])
     for key, cond in (("cka_forget", cond_f), ("cka_retain", cond_r)):  # registered in metrics/representation.py
         metrics[key] = linear_cka(

@@ -64,6 +64,30 @@ def pipeline_dir(path: str | Path) -> Path:
     return p
 
 
+# what a Stable Diffusion hub repository holds that `load_target` never reads (pickles, fp16 / flax / ONNX copies,
+# the single-file .ckpt): skipped when a snapshot is resolved, so an online resolve fetches only what is used
+_HUB_IGNORE = ["*.bin", "*.ckpt", "*.pt", "*.pth", "*.msgpack", "*.h5", "*.onnx", "*.onnx_data", "*.fp16.*", "*.pb"]
+
+
+def hub_pipeline_dir(name: str) -> Path:
+    """The snapshot directory of the hub id ``name`` (``CompVis/stable-diffusion-v1-4``) as a pipeline directory:
+    from the Hugging Face cache (``HF_HOME``) when ``HF_HUB_OFFLINE=1``, else fetched (safetensors and configs)."""
+    import os
+
+    from huggingface_hub import snapshot_download  # only for a hub id
+
+    if name.startswith((".", "/", "~")) or name.count("/") != 1:
+        return pipeline_dir(name)  # not a hub id: the missing-directory error
+    offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
+    try:
+        snap = snapshot_download(name, local_files_only=offline, ignore_patterns=_HUB_IGNORE)
+    except Exception as e:  # hub errors come in many classes (offline miss, 404, auth, network): all one line
+        msg = str(e).splitlines()[0][:160] if str(e) else type(e).__name__
+        raise UnlearnError(f"cannot find diffusion pipeline {name!r} ({msg}); offline, put it in the Hugging Face "
+                           "cache (HF_HOME) or pass a local diffusers directory") from None  # fmt: skip
+    return pipeline_dir(snap)
+
+
 def load_target(path: str | Path, device: str = "cpu") -> DiffusionTarget:
     """Load a pipeline directory for editing and sampling, weights from safetensors only.
 
