@@ -226,7 +226,7 @@ def run_toy(cfg: ToyConfig | None = None):
     )
 
 
-def write_toy(cfg: ToyConfig, out) -> "Path":  # noqa: UP037 - Path is imported inside
+def write_toy(cfg: ToyConfig, out):
     """``unlearn paths toy``: `run_toy`'s table as ``toy.csv`` and a figure ``toy.png`` (d(t) and the theorem's
     bound on a log scale; the lemma's relative error) in ``out``."""
     from pathlib import Path
