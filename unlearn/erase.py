@@ -101,13 +101,14 @@ def erase_configs(cfg: EraseConfig):
 
 
 def training_pairs(target, concept: str, ecfg: DiffusionEvalConfig, per_prompt: int = 4):
-    """Forget / retain (x0 (N, C, H, W), cond (N, T, d)) pairs for gradient methods: ``per_prompt`` images the
-    *original* model draws for every eval prompt with (forget) and without (retain) the concept."""
+    """Forget / retain (x0 (N, C, H, W), cond (N, T, d), prompts [N]) pairs for gradient methods: ``per_prompt``
+    images the *original* model draws for every eval prompt with (forget) and without (retain) the concept."""
 
     def pairs(rows):
-        cond = encode_prompts(target, [r["prompt"] for r in rows for _ in range(per_prompt)])
+        prompts = [r["prompt"] for r in rows for _ in range(per_prompt)]
+        cond = encode_prompts(target, prompts)
         x0 = sample(target, cond, seed=ecfg.seed + 1, steps=ecfg.sample_steps, guidance=ecfg.guidance, latents=True)
-        return x0, cond
+        return x0, cond, prompts
 
     return pairs(eval_prompts(concept)), pairs([r for r in eval_prompts() if concept not in r.values()])
 
@@ -184,7 +185,8 @@ def run_erase(cfg: EraseConfig, log=print) -> Path:
             info = spec.apply(target, erase, mcfg, preserve, on_round=on_round)
         else:
             forget, retain = training_pairs(target, cfg.concept, ecfg, tcfg.pairs_per_prompt)
-            info = unlearn_diffusion(target, forget, retain, spec, mcfg, tcfg, cfg.seed, rdir, cfg.progress, log)
+            info = unlearn_diffusion(target, forget, retain, spec, mcfg, tcfg, cfg.seed, rdir, cfg.progress, log,
+                                     concept=cfg.concept)  # fmt: skip
         metrics, examples = evaluate_diffusion(target, original, cfg.concept, ecfg)
         metrics["edit_seconds"] = info["edit_seconds"]
         _save_grid(target, original, cfg.concept, ecfg, rdir / "grid.png", cfg.method)

@@ -61,6 +61,9 @@ _MODULES: dict[tuple[str, str], str] = {
     ("diffusion", "rece"): "unlearn.methods.rece",
     ("diffusion", "ga"): "unlearn.methods.diffusion_grad",
     ("diffusion", "npo"): "unlearn.methods.diffusion_grad",
+    ("diffusion", "esd"): "unlearn.methods.esd",
+    ("diffusion", "all_but_one"): "unlearn.methods.all_but_one",
+    ("diffusion", "doco"): "unlearn.methods.doco",
 }
 
 
@@ -78,7 +81,10 @@ class StepContext(Protocol):
     block outputs (see the module docstring).
 
     Diffusion task: ``policy(batch)`` returns the per-sample denoising loss (B,) of the trainable UNet and
-    ``reference(batch)`` the frozen one's at the same (t, noise); ``norm`` holds ``forget_seqs``/``retain_seqs``.
+    ``reference(batch)`` the frozen one's at the same (t, noise); ``norm`` holds ``forget_seqs``/``retain_seqs``;
+    ``predict(batch, cond=None, reference=False, space="model"|"eps"|"x0")`` the raw UNet output (B, C, H, W) at
+    the batch's x_t, ``encode(prompts)`` extra text embeddings and ``concept`` the erased word
+    (`unlearn.diffusion_train`).
 
     Both: ``aux`` is the method's auxiliary modules / optimizers (``make_aux``), or an empty dict.
     """
