@@ -28,16 +28,26 @@ from pathlib import Path
 import torch
 
 from unlearn.config import check_ranges, set_field
-from unlearn.data.tinyshapes import COLOURS, SHAPES, concept_kind, erase_phrases, eval_prompts, preserve_prompts
+from unlearn.data.tinyshapes import (
+    COLOURS,
+    LABELS,
+    SHAPES,
+    concept_kind,
+    erase_phrases,
+    eval_prompts,
+    preserve_prompts,
+)
 from unlearn.diffusion_train import DiffusionTrainConfig, unlearn_diffusion
 from unlearn.errors import UnlearnError, unknown_name
 from unlearn.loop import clear_checkpoint
 from unlearn.methods import get_method
-from unlearn.metrics.diffusion import DiffusionEvalConfig, evaluate_diffusion
+from unlearn.metrics.diffusion import DiffusionEvalConfig, classify, evaluate_diffusion, score
 from unlearn.store import atomic_write_jsonl, read_json, run_dir
 from unlearn.targets.diffusion import (
     EMBEDDED,
+    cross_attention_kv,
     encode_prompts,
+    kv_weights,
     load_target,
     sample,
     save_grid,
@@ -113,6 +123,47 @@ def training_pairs(target, concept: str, ecfg: DiffusionEvalConfig, per_prompt: 
     return pairs(eval_prompts(concept)), pairs([r for r in eval_prompts() if concept not in r.values()])
 
 
+def validation_rows(concept: str) -> list[dict]:
+    """RECE's round-selection split: prompts of another training template than the evaluation grid's (``a {colour}
+    {shape}``; ``a {shape} on a {background} background`` for a background concept), with the labels they name."""
+    rows = {}
+    for r in eval_prompts():
+        if concept_kind(concept) == "background":
+            rows.setdefault(
+                f"a {r['shape']} on a {r['background']} background",
+                {"shape": r["shape"], "background": r["background"]},
+            )
+        else:
+            rows.setdefault(f"a {r['colour']} {r['shape']}", {"shape": r["shape"], "colour": r["colour"]})
+    return [{"prompt": p, **labels} for p, labels in rows.items()]
+
+
+def validation_scores(target, concept: str, ecfg: DiffusionEvalConfig, per_prompt: int = 2) -> dict[str, float]:
+    """``val_target_acc`` (share of the concept's validation images read as it) and ``val_other_acc`` (the other
+    concepts of its domain read right): the two numbers RECE's ``train_object.py`` selects a round by. Noise seeded
+    apart from the evaluation's (``seed + 7919``)."""
+    domain = concept_kind(concept)
+    rows = [r for r in validation_rows(concept) for _ in range(per_prompt)]
+    imgs = sample(target, encode_prompts(target, [r["prompt"] for r in rows]), seed=ecfg.seed + 7919,
+                  steps=ecfg.sample_steps, guidance=ecfg.guidance)  # fmt: skip
+    ex = score(rows, classify(target.classifier, imgs, LABELS))
+    hit = [e[f"pred_{domain}"] == concept for e in ex if e[domain] == concept]
+    ok = [e[f"ok_{domain}"] for e in ex if e[domain] != concept]
+    return {"val_target_acc": sum(hit) / len(hit), "val_other_acc": sum(ok) / len(ok)}
+
+
+def best_round(rows: list[dict], slack: float = 0.1) -> int:
+    """The round RECE keeps (reference ``train_object.py``): among rounds r > 0 whose validation target accuracy is
+    below UCE's (round 0) while the others' accuracy stays within ``slack`` of UCE's, the lowest target accuracy
+    (ties: higher other accuracy, then the earlier round); none -> 0 (the UCE edit)."""
+    base = next(r for r in rows if r["round"] == 0)
+    ok = [r for r in rows if r["round"] > 0 and r["val_target_acc"] < base["val_target_acc"]
+          and r["val_other_acc"] >= base["val_other_acc"] - slack]  # fmt: skip
+    if not ok:
+        return 0
+    return min(ok, key=lambda r: (r["val_target_acc"], -r["val_other_acc"], r["round"]))["round"]
+
+
 def grid_prompts(concept: str) -> list[str]:
     """The before / after grid: every shape in the first two colours, on black (``concept`` does not change it)."""
     return [f"a {c} {s} on a black background" for s in SHAPES for c in list(COLOURS)[:2]]
@@ -173,16 +224,28 @@ def run_erase(cfg: EraseConfig, log=print) -> Path:
         target = load_target(path)
         torch.manual_seed(cfg.seed)
         original = dataclasses.replace(target, unet=copy.deepcopy(target.unet).requires_grad_(False))
-        rounds = []
+        rounds, snapshots = [], {}
+        select = getattr(mcfg, "select", "last")  # RECE: keep the best round on the validation split
 
         def on_round(r, info):
             m, _ = evaluate_diffusion(target, original, cfg.concept, ecfg)
             edit_s = info["uce"]["edit_seconds"] + sum(x["edit_seconds"] for x in info.get("rounds", []))
-            rounds.append({"round": r, **m, "edit_seconds": edit_s})
+            val = validation_scores(target, cfg.concept, ecfg) if select == "validation" else {}
+            rounds.append({"round": r, **m, **val, "edit_seconds": edit_s})
+            if select == "validation":
+                snapshots[r] = kv_weights(target.unet)
             log(f"round {r}: erasure {m['erasure_rate']:.3f}, adversarial ASR {m['adversarial_attack_success']:.3f}")
 
         if spec.closed_form:
             info = spec.apply(target, erase, mcfg, preserve, on_round=on_round)
+            if select == "validation" and rounds:
+                keep = best_round(rounds)
+                with torch.no_grad():
+                    for (_, m), w in zip(cross_attention_kv(target.unet), snapshots[keep]):
+                        m.weight.copy_(w)
+                info["selected_round"] = keep
+                info["edit_seconds"] = rounds[keep]["edit_seconds"]  # the edit that produced the kept weights
+                log(f"kept round {keep} (best on the validation split)")
         else:
             forget, retain = training_pairs(target, cfg.concept, ecfg, tcfg.pairs_per_prompt)
             info = unlearn_diffusion(target, forget, retain, spec, mcfg, tcfg, cfg.seed, rdir, cfg.progress, log,
