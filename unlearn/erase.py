@@ -197,7 +197,8 @@ def run_erase(cfg: EraseConfig, log=print) -> Path:
     if kind != "tinyshapes":
         raise UnlearnError(f"{cfg.model}: erasure metrics need a concept classifier (TinyShapes pipelines ship one); "
                            "Stable Diffusion pipelines can be edited through unlearn.methods directly")  # fmt: skip
-    method_name = cfg.method if cfg.erase_set == "concept" else f"{cfg.method}-{cfg.erase_set}"
+    label = spec.run_label(mcfg) if spec.run_label is not None else cfg.method  # esd -> esd-x / esd-u
+    method_name = label if cfg.erase_set == "concept" else f"{label}-{cfg.erase_set}"
     rdir = run_dir(cfg.out, kind, _model_name(cfg.model, path), method_name, cfg.concept, cfg.seed)
     resolved = {
         "workflow": "erase",

@@ -20,6 +20,7 @@ Two shapes of method:
   - ``forget_targets(forget_records, cfg, seed) -> list[str]`` (LLM task): a second answer per forget record (the
     refusal methods' "I don't know" answers), tokenized once and handed to the step as ``batch["forget_alt"]``, row
     for row with ``batch["forget"]``;
+  - ``run_label(cfg) -> str``: the name a run of this configuration is filed under (ESD's variants: ``esd-x``);
   - the LLM step context's ``hidden(*batches, layer=L, reference=False)`` returns the residual stream after
     decoder block ``L`` (0-based), (B, T, d) per batch, from ONE forward pass of the trainable model (with grad,
     through the DDP wrapper) or of the frozen reference (``needs_reference`` must say so): RMU's activations.
@@ -117,6 +118,7 @@ class MethodSpec:
     prepare: Callable | None = None  # (model, cfg, forget records) -> None: once, before parameters are chosen
     budget: str = "forget"  # forget | retain: the set an epoch passes over
     forget_targets: Callable | None = None  # (forget records, cfg, seed) -> [str]: batch["forget_alt"] answers
+    run_label: Callable | None = None  # (cfg) -> run-directory / leaderboard name (ESD: esd-x, esd-u); None = name
 
     @property
     def target(self) -> str:  # the older name of ``kind``

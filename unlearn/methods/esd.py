@@ -102,8 +102,8 @@ def _prompts(ctx, pairs: dict, words: str | None) -> torch.Tensor:
 
 
 @register_method("esd", ESDConfig, "Erased Stable Diffusion: negative-guidance self-distillation, ESD-x / ESD-u "
-                 "(Gandikota 2023)", kind="diffusion", trainable=trainable,
-                 needs_reference=lambda cfg: True)  # fmt: skip
+                 "(Gandikota 2023)", kind="diffusion", trainable=trainable, needs_reference=lambda cfg: True,
+                 run_label=lambda cfg: f"esd-{cfg.variant}")  # fmt: skip
 def esd_step(ctx, batch: dict, cfg: ESDConfig):
     f = batch["forget"]
     n = len(f["x0"])

@@ -81,6 +81,8 @@ def test_registered():
     spec = get_method("esd", "diffusion")
     assert spec.config_cls is ESDConfig and spec.needs_reference(ESDConfig()) and ESDConfig().variant == "x"
     assert ESDConfig().negative_guidance == 1.0
+    # the variants are filed apart (run directories, leaderboard rows)
+    assert spec.run_label(ESDConfig()) == "esd-x" and spec.run_label(ESDConfig(variant="u")) == "esd-u"
 
 
 @pytest.mark.parametrize("variant", ["x", "u"])
