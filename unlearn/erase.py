@@ -102,7 +102,7 @@ def erase_configs(cfg: EraseConfig):
     """(method spec, method config, train config or None for closed-form edits, eval config), overrides applied."""
     spec = get_method(cfg.method, "diffusion")
     mcfg = spec.config_cls()
-    tcfg = None if spec.closed_form else DiffusionTrainConfig()
+    tcfg = None if spec.closed_form else DiffusionTrainConfig(**(spec.train_defaults or {}))
     ecfg = DiffusionEvalConfig(seed=cfg.seed, images_per_prompt=cfg.images_per_prompt, sample_steps=cfg.sample_steps,
                                guidance=cfg.guidance, attack_reg=cfg.attack_reg)  # fmt: skip
     check_ranges(ecfg)  # --images-per-prompt / --sample-steps arrive as flags, not through set_field

@@ -21,6 +21,8 @@ Two shapes of method:
     refusal methods' "I don't know" answers), tokenized once and handed to the step as ``batch["forget_alt"]``, row
     for row with ``batch["forget"]``;
   - ``run_label(cfg) -> str``: the name a run of this configuration is filed under (ESD's variants: ``esd-x``);
+  - ``train_defaults``: ``{field: value}`` replacing the training config's defaults for this method (ESD's
+    150 steps), applied before ``--config`` / ``--set``;
   - the LLM step context's ``hidden(*batches, layer=L, reference=False)`` returns the residual stream after
     decoder block ``L`` (0-based), (B, T, d) per batch, from ONE forward pass of the trainable model (with grad,
     through the DDP wrapper) or of the frozen reference (``needs_reference`` must say so): RMU's activations.
@@ -119,6 +121,7 @@ class MethodSpec:
     budget: str = "forget"  # forget | retain: the set an epoch passes over
     forget_targets: Callable | None = None  # (forget records, cfg, seed) -> [str]: batch["forget_alt"] answers
     run_label: Callable | None = None  # (cfg) -> run-directory / leaderboard name (ESD: esd-x, esd-u); None = name
+    train_defaults: dict | None = None  # the method's own training-config defaults (steps, lr ...); --set wins
 
     @property
     def target(self) -> str:  # the older name of ``kind``

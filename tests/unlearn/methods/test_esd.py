@@ -39,7 +39,7 @@ def test_step_by_hand_sign_and_reduction():
     pred = PRED.clone().requires_grad_(True)
     table = {(p, True): E_C for p in P} | {("", True): E_0} | {(p, False): pred for p in P}
     ctx = FakeCtx(table)
-    loss, logs = esd_step(ctx, _batch(ctx), ESDConfig())
+    loss, logs = esd_step(ctx, _batch(ctx), ESDConfig(condition="pairs"))
     assert loss.item() == pytest.approx(1.125) and logs["esd_loss"].item() == pytest.approx(1.125)
     loss.backward()
     torch.testing.assert_close(pred.grad, torch.tensor([[0.0, 0.5], [0.25, 0.5]]).view(2, 1, 1, 2))
@@ -47,17 +47,18 @@ def test_step_by_hand_sign_and_reduction():
 
 
 def test_anchor_and_concept_condition():
-    """anchor=square: the base is ε*(x_t, prompt with circle -> square); condition=concept: the word alone."""
+    """anchor=square: the base is ε*(x_t, prompt with circle -> square); condition=concept (the default): the
+    concept word alone on the model side and the frozen side alike."""
     e_sq = torch.tensor([[1.0, 1.0], [2.0, 2.0]]).view(2, 1, 1, 2)
     table = {(p, True): E_C for p in P} | {("", True): E_0, ("a red square", True): e_sq[:1].expand(2, -1, -1, -1),
              ("a square", True): e_sq[1:].expand(2, -1, -1, -1)} | {(p, False): PRED for p in P}  # fmt: skip
     ctx = FakeCtx(table)
-    loss, _ = esd_step(ctx, _batch(ctx), ESDConfig(anchor="square"))
+    loss, _ = esd_step(ctx, _batch(ctx), ESDConfig(anchor="square", condition="pairs"))
     want = (PRED - esd_target(e_sq, E_C, E_0, 1.0)).pow(2).mean((1, 2, 3)).sum() / 4
     assert loss.item() == pytest.approx(want.item())
     table = {("circle", True): E_C, ("", True): E_0, ("circle", False): PRED}
     ctx = FakeCtx(table)
-    loss, _ = esd_step(ctx, _batch(ctx), ESDConfig(condition="concept"))
+    loss, _ = esd_step(ctx, _batch(ctx), ESDConfig())  # the default: the word alone
     assert loss.item() == pytest.approx(1.125) and ctx.calls[0][0] == ("circle", "circle")
 
 
@@ -83,6 +84,16 @@ def test_registered():
     assert ESDConfig().negative_guidance == 1.0
     # the variants are filed apart (run directories, leaderboard rows)
     assert spec.run_label(ESDConfig()) == "esd-x" and spec.run_label(ESDConfig(variant="u")) == "esd-u"
+
+
+def test_train_defaults_and_set_override():
+    from unlearn.erase import EraseConfig, erase_configs
+
+    _, mcfg, tcfg, _ = erase_configs(EraseConfig(method="esd"))
+    assert tcfg.steps == 150 and mcfg.condition == "concept" and mcfg.variant == "x"
+    _, mcfg, tcfg, _ = erase_configs(EraseConfig(method="esd", overrides=[("steps", "20"), ("variant", "u")]))
+    assert tcfg.steps == 20 and mcfg.variant == "u"
+    assert erase_configs(EraseConfig(method="ga"))[2].steps == 60  # other methods keep the suite's default
 
 
 @pytest.mark.parametrize("variant", ["x", "u"])
@@ -112,7 +123,7 @@ def test_steps_move_the_model_onto_the_teacher(variant):
         )
     teacher = esd_target(e_0, e_c, e_0, 1.0)
     before = {n: p.detach().clone() for n, p in t.unet.named_parameters()}
-    spec, mcfg = get_method("esd", "diffusion"), ESDConfig(variant=variant)
+    spec, mcfg = get_method("esd", "diffusion"), ESDConfig(variant=variant, condition="pairs")
     tcfg = DiffusionTrainConfig(steps=10, lr=2e-4, batch_size=4)
     unlearn_diffusion(t, (x0, cond[:4], prompts), None, spec, mcfg, tcfg, 0, None, progress=False, concept="circle")
     with torch.no_grad():
