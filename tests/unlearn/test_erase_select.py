@@ -1,11 +1,6 @@
-"""RECE's round selection in the erase workflow (reference train_object.py): the rule by hand, the validation split
-(another template than the evaluation grid), and an erase run on the micro pipeline that keeps the selected round's
-weights."""
-
-import json
-
-import pytest
-import torch
+"""RECE's round selection in the erase workflow (reference train_object.py): the rule by hand and the validation
+split (another template than the evaluation grid); the erase run that keeps the selected round is in
+test_erase_new_methods.py (it shares that file's micro pipeline)."""
 
 from unlearn.erase import best_round, validation_rows
 
@@ -33,34 +28,3 @@ def test_validation_split_is_not_the_evaluation_grid():
     assert {"prompt": "a red circle", "shape": "circle", "colour": "red"} in rows
     rows = validation_rows("black")
     assert len(rows) == 12 and all("colour" not in x for x in rows) and not grid & {x["prompt"] for x in rows}
-
-
-@pytest.mark.slow
-def test_rece_erase_keeps_the_selected_round(tmp_path, monkeypatch):
-    """Through the CLI on the micro pipeline: every round carries its validation scores, status.json names the kept
-    round, and a saved model's K/V weights are that round's (re-derived by replaying the rounds)."""
-    from unlearn.cli import main
-    from unlearn.targets.tinyshapes_build import build_tinyshapes
-
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("UNLEARN_HOME", str(tmp_path / "home"))
-    build_tinyshapes("micro", progress=False, log=lambda *_: None)
-    argv = ["erase", "--method", "rece", "--model", "tinyshapes-micro", "--concept", "circle", "--out",
-            str(tmp_path / "runs"), "--images-per-prompt", "1", "--sample-steps", "2", "--no-progress",
-            "--set", "rounds=3", "--save-model"]  # fmt: skip
-    assert main(argv) == 0
-    rdir = tmp_path / "runs" / "tinyshapes" / "tinyshapes-micro" / "rece" / "circle" / "seed0"
-    rounds = [json.loads(x) for x in (rdir / "rounds.jsonl").read_text().splitlines()]
-    assert [x["round"] for x in rounds] == [0, 1, 2, 3] and all("val_target_acc" in x for x in rounds)
-    keep = json.loads((rdir / "status.json").read_text())["info"]["selected_round"]
-    assert keep == best_round(rounds)
-    from unlearn.data.tinyshapes import preserve_prompts
-    from unlearn.methods.rece import RECEConfig
-    from unlearn.methods.rece import apply as rece_apply
-    from unlearn.targets.diffusion import kv_weights, load_target
-    from unlearn.targets.tinyshapes_build import resolve
-
-    replay = load_target(resolve("tinyshapes-micro"))
-    rece_apply(replay, ["circle"], RECEConfig(rounds=keep), preserve_prompts("circle"))
-    for a, b in zip(kv_weights(replay.unet), kv_weights(load_target(rdir / "model").unet)):
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
