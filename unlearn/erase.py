@@ -63,7 +63,7 @@ ERASE_SETS = ("concept", "phrases")
 @dataclass
 class EraseConfig:
     model: str = "tinyshapes"  # embedded name or a diffusers pipeline directory
-    method: str = "rece"  # a diffusion method: uce | rece | ga | npo (`unlearn list methods`)
+    method: str = "rece"  # a diffusion method: uce | rece | ga | npo | esd | all_but_one | doco
     concept: str = "circle"  # TinyShapes: a shape, colour or background name
     seed: int = 0  # sampling noise, the gradient methods' training pairs and (t, ε) stream
     out: str = "runs"  # runs root
