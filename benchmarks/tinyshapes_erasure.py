@@ -101,10 +101,10 @@ def save_labelled_grid(images: torch.Tensor, path: Path, rows: list[str], cols: 
             ax.set_xticks([])
             ax.set_yticks([])
             if i == 0:
-                ax.set_title(cols[j].replace(" on a ", "\non a "), fontsize=6)
+                ax.set_title(cols[j].replace(" on a ", "\non a "), fontsize=5)
             if j == 0:
                 ax.set_ylabel(rows[i], fontsize=7, rotation=0, ha="right", va="center")
-    fig.subplots_adjust(left=0.16, right=0.99, top=0.92, bottom=0.01, wspace=0.05, hspace=0.05)
+    fig.subplots_adjust(left=0.2, right=0.99, top=0.92, bottom=0.01, wspace=0.05, hspace=0.05)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=130)
     plt.close(fig)
