@@ -12,6 +12,13 @@ The core (`unlearn/loop.py`) owns the optimizer, schedule, gradient hooks, non-f
 * The method's step sees ``ctx.policy(pairs) -> (B,)``, the trainable UNet's per-sample denoising loss, and
   ``ctx.reference(pairs) -> (B,)``, the frozen pre-unlearning copy's at the same (t, ε) (only when the method
   ``needs_reference``); ``ctx.norm`` holds the step's ``forget_seqs`` / ``retain_seqs`` pair counts.
+* Methods that need raw UNet outputs (ESD, All-but-One, DoCo) call ``ctx.predict(pairs, cond=None,
+  reference=False, space="model")`` -> (B, C, H, W): the trainable (or frozen) UNet's prediction at the pairs'
+  x_t, optionally under other text embeddings ``cond`` (B, T, d), in the model's own prediction space (``model``:
+  ε or v), as ``eps`` or as the predicted clean sample ``x0``; ``ctx.encode(prompts)`` -> (n, T, d) embeds extra
+  prompts (cached, no grad), and ``ctx.concept`` is the erased concept's word (None when the caller gives none).
+  Pairs given as (x0, cond, prompts) carry their prompt strings as ``pairs["prompt"]`` (anchor prompts are the
+  same prompt with the concept word swapped, `swap_concept`).
 * Checkpoints hold the trainable parameters only (plus the optimizer, scheduler and auxiliary modules): the frozen
   rest of the UNet is the pipeline on disk, so a Stable Diffusion checkpoint of the K/V projections stays small.
 
@@ -32,6 +39,7 @@ import torch
 
 from unlearn.errors import UnlearnError
 from unlearn.loop import make_core, run_loop, select_params
+from unlearn.targets.diffusion import encode_prompts
 
 
 @dataclass
@@ -59,6 +67,38 @@ def denoise_mse(unet, sched, x0: torch.Tensor, cond: torch.Tensor, t: torch.Tens
     pred = unet(sched.add_noise(x0, noise, t), t, encoder_hidden_states=cond).sample
     target = noise if sched.config.prediction_type == "epsilon" else sched.get_velocity(x0, noise, t)
     return (pred - target).pow(2).mean(dim=(1, 2, 3))
+
+
+def to_eps(pred: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor, sched) -> torch.Tensor:
+    """The ε a prediction ``pred`` (B, C, H, W) stands for at (x_t, t): itself for ε-models; for v-models
+    ε = α_t v + σ_t x_t (α_t = √ᾱ_t, σ_t = √(1 − ᾱ_t), so α² + σ² = 1)."""
+    if sched.config.prediction_type == "epsilon":
+        return pred
+    a, s = _alpha_sigma(sched, t, x_t)
+    return a * pred + s * x_t
+
+
+def to_x0(pred: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor, sched) -> torch.Tensor:
+    """The clean sample x̂0 (B, C, H, W) a prediction stands for (diffusers' ``pred_original_sample``):
+    (x_t − σ_t ε) / α_t for ε-models, α_t x_t − σ_t v for v-models."""
+    a, s = _alpha_sigma(sched, t, x_t)
+    if sched.config.prediction_type == "epsilon":
+        return (x_t - s * pred) / a
+    return a * x_t - s * pred
+
+
+def _alpha_sigma(sched, t: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    ac = sched.alphas_cumprod.to(x.device, x.dtype)[t].view(-1, *([1] * (x.dim() - 1)))  # (B, 1, 1, 1)
+    return ac.sqrt(), (1 - ac).sqrt()
+
+
+def swap_concept(prompt: str, concept: str | None, anchor: str) -> str:
+    """``prompt`` with the word ``concept`` replaced by ``anchor`` (``anchor`` = "" drops it); a prompt without the
+    word (or no concept given) becomes ``anchor`` itself. Whole words only, whitespace normalised."""
+    words = prompt.split()
+    if concept is None or concept not in words:
+        return anchor
+    return " ".join(w for w in (anchor if x == concept else x for x in words) if w)
 
 
 class PairStream:
@@ -99,6 +139,9 @@ class _Ctx:  # the StepContext of the diffusion task (see unlearn.methods.StepCo
     ref_forget_logp: Callable | None
     norm: dict
     aux: dict = field(default_factory=dict)
+    predict: Callable | None = None  # (pairs, cond=None, reference=False, space="model") -> (B, C, H, W)
+    encode: Callable | None = None  # (prompts) -> (n, T, d) text embeddings, no grad
+    concept: str | None = None  # the erased concept's word, for anchor prompts (`swap_concept`)
 
 
 def unlearn_diffusion(
@@ -113,11 +156,14 @@ def unlearn_diffusion(
     progress: bool = True,
     log=print,
     accelerator=None,
+    concept: str | None = None,
 ) -> dict:
     """Unlearn ``forget`` from ``target.unet`` in place with ``method`` (a gradient MethodSpec); returns a summary.
 
     Args:
-        forget, retain: (x0 (N, C, H, W), cond (N, T, d)) pairs; ``retain`` may be None (no retain term).
+        forget, retain: (x0 (N, C, H, W), cond (N, T, d)) pairs, optionally with a third element, the N prompt
+            strings (``pairs["prompt"]``); ``retain`` may be None (no retain term).
+        concept: the erased concept's word (``ctx.concept``), for methods that build anchor prompts.
         rdir: with a run directory, ``trace.jsonl`` and a checkpoint every ``tcfg.checkpoint_every`` steps go there,
             and an existing checkpoint is resumed from; None trains in memory.
     Returns:
@@ -148,8 +194,37 @@ def unlearn_diffusion(
 
     def pairs(data, draw) -> dict:
         idx, t, noise = draw
-        return {"x0": data[0][idx].to(device), "cond": data[1][idx].to(device), "t": t.to(device),
-                "noise": noise.to(device)}  # fmt: skip
+        out = {"x0": data[0][idx].to(device), "cond": data[1][idx].to(device), "t": t.to(device),
+               "noise": noise.to(device)}  # fmt: skip
+        if len(data) > 2:
+            out["prompt"] = [data[2][i] for i in idx.tolist()]
+        return out
+
+    emb_cache: dict[str, torch.Tensor] = {}
+
+    def encode(prompts: list[str]) -> torch.Tensor:
+        todo = [p for p in dict.fromkeys(prompts) if p not in emb_cache]
+        if todo:
+            emb_cache.update(zip(todo, encode_prompts(target, todo).to(device)))
+        return torch.stack([emb_cache[p] for p in prompts])
+
+    def predict(b: dict, cond: torch.Tensor | None = None, reference: bool = False, space: str = "model"):
+        if reference and ref is None:
+            raise UnlearnError(f"{method.name}: asked for the frozen reference without needs_reference")
+        x_t = sched.add_noise(b["x0"], b["noise"], b["t"])  # (B, C, H, W)
+        c = b["cond"] if cond is None else cond
+        if reference:
+            with torch.no_grad():
+                out = ref(x_t, b["t"], encoder_hidden_states=c).sample
+        else:
+            out = unet(x_t, b["t"], encoder_hidden_states=c).sample
+        if space == "model":
+            return out
+        if space == "eps":
+            return to_eps(out, x_t, b["t"], sched)
+        if space == "x0":
+            return to_x0(out, x_t, b["t"], sched)
+        raise UnlearnError(f"unknown prediction space {space!r}; valid: model, eps, x0")
 
     def step_fn(step: int) -> dict:
         d = stream.at(step)
@@ -160,11 +235,17 @@ def unlearn_diffusion(
             seen[0] += b["x0"].shape[0]
             return denoise_mse(unet, sched, b["x0"], b["cond"], b["t"], b["noise"])
 
+        def predict_counted(b, cond=None, reference=False, space="model"):
+            if not reference:
+                seen[0] += b["x0"].shape[0]
+            return predict(b, cond, reference, space)
+
         def reference(b):
             with torch.no_grad():
                 return denoise_mse(ref, sched, b["x0"], b["cond"], b["t"], b["noise"])
 
-        ctx = _Ctx(policy, reference if ref is not None else None, None, norm, core.aux)
+        ctx = _Ctx(policy, reference if ref is not None else None, None, norm, core.aux, predict_counted, encode,
+                   concept)  # fmt: skip
         loss, logs = method.step(ctx, batch, mcfg)
         core.backward(loss)
         gnorm = core.finish_grads()
@@ -184,4 +265,4 @@ def unlearn_diffusion(
     return summary | {k: last[k] for k in ("loss", "forget_mse", "retain_mse") if k in last}
 
 
-__all__ = ["DiffusionTrainConfig", "PairStream", "denoise_mse", "unlearn_diffusion"]
+__all__ = ["DiffusionTrainConfig", "PairStream", "denoise_mse", "unlearn_diffusion", "to_eps", "to_x0", "swap_concept"]

@@ -29,15 +29,24 @@ import torch
 from tqdm.auto import tqdm
 
 from unlearn.config import check_ranges, set_field
-from unlearn.data.tinyshapes import COLOURS, SHAPES, concept_kind, erase_phrases, eval_prompts, preserve_prompts
+from unlearn.data.tinyshapes import (
+    COLOURS,
+    LABELS,
+    SHAPES,
+    concept_kind,
+    erase_phrases,
+    eval_prompts,
+    preserve_prompts,
+)
 from unlearn.diffusion_train import DiffusionTrainConfig, unlearn_diffusion
 from unlearn.errors import UnlearnError, unknown_name
 from unlearn.loop import clear_checkpoint
 from unlearn.methods import get_method
-from unlearn.metrics.diffusion import DiffusionEvalConfig, evaluate_diffusion
+from unlearn.metrics.diffusion import DiffusionEvalConfig, classify, evaluate_diffusion, score
 from unlearn.store import atomic_write_json, atomic_write_jsonl, read_json, run_dir
 from unlearn.targets.diffusion import (
     EMBEDDED,
+    cross_attention_kv,
     encode_prompts,
     hub_pipeline_dir,
     kv_weights,
@@ -58,7 +67,7 @@ SD_GUIDANCE = 7.5  # diffusers' StableDiffusionPipeline default
 @dataclass
 class EraseConfig:
     model: str = "tinyshapes"  # embedded name or a diffusers pipeline directory
-    method: str = "rece"  # a diffusion method: uce | rece | ga | npo (`unlearn list methods`)
+    method: str = "rece"  # a diffusion method: uce | rece | ga | npo | esd | all_but_one | doco
     concept: str = "circle"  # TinyShapes: a shape, colour or background name
     seed: int = 0  # sampling noise, the gradient methods' training pairs and (t, ε) stream
     out: str = "runs"  # runs root
@@ -102,7 +111,7 @@ def erase_configs(cfg: EraseConfig):
     """(method spec, method config, train config or None for closed-form edits, eval config), overrides applied."""
     spec = get_method(cfg.method, "diffusion")
     mcfg = spec.config_cls()
-    tcfg = None if spec.closed_form else DiffusionTrainConfig()
+    tcfg = None if spec.closed_form else DiffusionTrainConfig(**(spec.train_defaults or {}))
     ecfg = DiffusionEvalConfig(seed=cfg.seed, images_per_prompt=cfg.images_per_prompt, sample_steps=cfg.sample_steps,
                                guidance=cfg.guidance, attack_reg=cfg.attack_reg)  # fmt: skip
     check_ranges(ecfg)  # --images-per-prompt / --sample-steps arrive as flags, not through set_field
@@ -111,15 +120,57 @@ def erase_configs(cfg: EraseConfig):
 
 
 def training_pairs(target, concept: str, ecfg: DiffusionEvalConfig, per_prompt: int = 4):
-    """Forget / retain (x0 (N, C, H, W), cond (N, T, d)) pairs for gradient methods: ``per_prompt`` images the
-    *original* model draws for every eval prompt with (forget) and without (retain) the concept."""
+    """Forget / retain (x0 (N, C, H, W), cond (N, T, d), prompts [N]) pairs for gradient methods: ``per_prompt``
+    images the *original* model draws for every eval prompt with (forget) and without (retain) the concept."""
 
     def pairs(rows):
-        cond = encode_prompts(target, [r["prompt"] for r in rows for _ in range(per_prompt)])
+        prompts = [r["prompt"] for r in rows for _ in range(per_prompt)]
+        cond = encode_prompts(target, prompts)
         x0 = sample(target, cond, seed=ecfg.seed + 1, steps=ecfg.sample_steps, guidance=ecfg.guidance, latents=True)
-        return x0, cond
+        return x0, cond, prompts
 
     return pairs(eval_prompts(concept)), pairs([r for r in eval_prompts() if concept not in r.values()])
+
+
+def validation_rows(concept: str) -> list[dict]:
+    """RECE's round-selection split: prompts of another training template than the evaluation grid's (``a {colour}
+    {shape}``; ``a {shape} on a {background} background`` for a background concept), with the labels they name."""
+    rows = {}
+    for r in eval_prompts():
+        if concept_kind(concept) == "background":
+            rows.setdefault(
+                f"a {r['shape']} on a {r['background']} background",
+                {"shape": r["shape"], "background": r["background"]},
+            )
+        else:
+            rows.setdefault(f"a {r['colour']} {r['shape']}", {"shape": r["shape"], "colour": r["colour"]})
+    return [{"prompt": p, **labels} for p, labels in rows.items()]
+
+
+def validation_scores(target, concept: str, ecfg: DiffusionEvalConfig, per_prompt: int = 2) -> dict[str, float]:
+    """``val_target_acc`` (share of the concept's validation images read as it) and ``val_other_acc`` (the other
+    concepts of its domain read right): the two numbers RECE's ``train_object.py`` selects a round by. Noise seeded
+    apart from the evaluation's (``seed + 7919``)."""
+    domain = concept_kind(concept)
+    rows = [r for r in validation_rows(concept) for _ in range(per_prompt)]
+    imgs = sample(target, encode_prompts(target, [r["prompt"] for r in rows]), seed=ecfg.seed + 7919,
+                  steps=ecfg.sample_steps, guidance=ecfg.guidance)  # fmt: skip
+    ex = score(rows, classify(target.classifier, imgs, LABELS))
+    hit = [e[f"pred_{domain}"] == concept for e in ex if e[domain] == concept]
+    ok = [e[f"ok_{domain}"] for e in ex if e[domain] != concept]
+    return {"val_target_acc": sum(hit) / len(hit), "val_other_acc": sum(ok) / len(ok)}
+
+
+def best_round(rows: list[dict], slack: float = 0.1) -> int:
+    """The round RECE keeps (reference ``train_object.py``): among rounds r > 0 whose validation target accuracy is
+    below UCE's (round 0) while the others' accuracy stays within ``slack`` of UCE's, the lowest target accuracy
+    (ties: higher other accuracy, then the earlier round); none -> 0 (the UCE edit)."""
+    base = next(r for r in rows if r["round"] == 0)
+    ok = [r for r in rows if r["round"] > 0 and r["val_target_acc"] < base["val_target_acc"]
+          and r["val_other_acc"] >= base["val_other_acc"] - slack]  # fmt: skip
+    if not ok:
+        return 0
+    return min(ok, key=lambda r: (r["val_target_acc"], -r["val_other_acc"], r["round"]))["round"]
 
 
 def grid_prompts(concept: str) -> list[str]:
@@ -157,7 +208,8 @@ def run_erase(cfg: EraseConfig, log=print) -> Path:
     concept_kind(cfg.concept)
     if cfg.erase_set not in ERASE_SETS:
         raise unknown_name("erase set", cfg.erase_set, ERASE_SETS)
-    method_name = cfg.method if cfg.erase_set == "concept" else f"{cfg.method}-{cfg.erase_set}"
+    label = spec.run_label(mcfg) if spec.run_label is not None else cfg.method  # esd -> esd-x / esd-u
+    method_name = label if cfg.erase_set == "concept" else f"{label}-{cfg.erase_set}"
     rdir = run_dir(cfg.out, kind, _model_name(cfg.model, path), method_name, cfg.concept, cfg.seed)
     resolved = {
         "workflow": "erase",
@@ -184,19 +236,32 @@ def run_erase(cfg: EraseConfig, log=print) -> Path:
         target = load_target(path)
         torch.manual_seed(cfg.seed)
         original = dataclasses.replace(target, unet=copy.deepcopy(target.unet).requires_grad_(False))
-        rounds = []
+        rounds, snapshots = [], {}
+        select = getattr(mcfg, "select", "last")  # RECE: keep the best round on the validation split
 
         def on_round(r, info):
             m, _ = evaluate_diffusion(target, original, cfg.concept, ecfg)
             edit_s = info["uce"]["edit_seconds"] + sum(x["edit_seconds"] for x in info.get("rounds", []))
-            rounds.append({"round": r, **m, "edit_seconds": edit_s})
+            val = validation_scores(target, cfg.concept, ecfg) if select == "validation" else {}
+            rounds.append({"round": r, **m, **val, "edit_seconds": edit_s})
+            if select == "validation":
+                snapshots[r] = kv_weights(target.unet)
             log(f"round {r}: erasure {m['erasure_rate']:.3f}, adversarial ASR {m['adversarial_attack_success']:.3f}")
 
         if spec.closed_form:
             info = spec.apply(target, erase, mcfg, preserve, on_round=on_round)
+            if select == "validation" and rounds:
+                keep = best_round(rounds)
+                with torch.no_grad():
+                    for (_, m), w in zip(cross_attention_kv(target.unet), snapshots[keep]):
+                        m.weight.copy_(w)
+                info["selected_round"] = keep
+                info["edit_seconds"] = rounds[keep]["edit_seconds"]  # the edit that produced the kept weights
+                log(f"kept round {keep} (best on the validation split)")
         else:
             forget, retain = training_pairs(target, cfg.concept, ecfg, tcfg.pairs_per_prompt)
-            info = unlearn_diffusion(target, forget, retain, spec, mcfg, tcfg, cfg.seed, rdir, cfg.progress, log)
+            info = unlearn_diffusion(target, forget, retain, spec, mcfg, tcfg, cfg.seed, rdir, cfg.progress, log,
+                                     concept=cfg.concept)  # fmt: skip
         metrics, examples = evaluate_diffusion(target, original, cfg.concept, ecfg)
         metrics["edit_seconds"] = info["edit_seconds"]
         _save_grid(target, original, cfg.concept, ecfg, rdir / "grid.png", cfg.method)
@@ -458,7 +523,7 @@ def run_erase_sd(cfg: EraseConfig, path: Path, log=print) -> Path:
     papers edit), preserving the other concepts of the prompts CSV, judge with CLIP, write the run dir."""
     spec = get_method(cfg.method, "diffusion")
     mcfg = spec.config_cls()
-    tcfg = None if spec.closed_form else DiffusionTrainConfig()
+    tcfg = None if spec.closed_form else DiffusionTrainConfig(**(spec.train_defaults or {}))
     ecfg = DiffusionEvalConfig(seed=cfg.seed, images_per_prompt=cfg.images_per_prompt, sample_steps=cfg.sample_steps,
                                guidance=cfg.sd_guidance, attack_reg=cfg.attack_reg)  # fmt: skip
     check_ranges(ecfg)
@@ -468,7 +533,8 @@ def run_erase_sd(cfg: EraseConfig, path: Path, log=print) -> Path:
                            "are the concept itself (--erase-set concept)")  # fmt: skip
     sd = SDEvalArgs(cfg.prompts, cfg.judge, cfg.fid_weights)
     inputs = sd_inputs(cfg.concept, sd, log)
-    rdir = run_dir(cfg.out, "sd", _run_name(cfg.model, path), cfg.method, cfg.concept, cfg.seed)
+    label = spec.run_label(mcfg) if spec.run_label is not None else cfg.method  # esd -> esd-x / esd-u
+    rdir = run_dir(cfg.out, "sd", _run_name(cfg.model, path), label, cfg.concept, cfg.seed)
     resolved = {**_sd_resolved("erase", cfg.model, cfg.concept, inputs, sd, ecfg), "method": cfg.method,
                 "seed": cfg.seed, "method_config": asdict(mcfg), "save_model": cfg.save_model,
                 "train_config": asdict(tcfg) if tcfg is not None else None}  # fmt: skip
@@ -486,7 +552,8 @@ def run_erase_sd(cfg: EraseConfig, path: Path, log=print) -> Path:
             info = spec.apply(target, [cfg.concept], mcfg, preserve, on_round=None)
         else:
             forget, retain = sd_training_pairs(original, inputs, ecfg, tcfg.pairs_per_prompt, cfg.progress)
-            info = unlearn_diffusion(target, forget, retain, spec, mcfg, tcfg, cfg.seed, rdir, cfg.progress, log)
+            info = unlearn_diffusion(target, forget, retain, spec, mcfg, tcfg, cfg.seed, rdir, cfg.progress, log,
+                                     concept=cfg.concept)  # fmt: skip
         metrics, examples = evaluate_sd(target, original, cfg.concept, inputs, ecfg, cfg.progress, log)
         metrics["edit_seconds"] = info["edit_seconds"]
         _sd_grid(target, original, inputs, ecfg, rdir / "grid.png", cfg.method)

@@ -15,6 +15,13 @@ Outputs (in ``out``):
     leaderboard.md              headline metrics as mean ± std, direction arrows from the metric registry
     leaderboard.png             forget quality (log scale) vs model utility, one point per method and split, with
                                 the target and the oracle as reference points
+
+Diffusion runs (``unlearn erase``, and ``unlearn eval`` of a diffusion checkpoint) are kept apart from the LLM
+runs — their metrics are another vocabulary — and written beside them, with the concept as the split and the run
+directory's method name (``esd-x``, ``uce-phrases``) as the method:
+    leaderboard_diffusion.csv          one row per finished diffusion run, every metric
+    leaderboard_diffusion_summary.csv  mean and sample std over seeds, as leaderboard_summary.csv
+    leaderboard_diffusion.md           `DIFFUSION_HEADLINE` as mean ± std
 """
 
 from __future__ import annotations
@@ -47,6 +54,17 @@ HEADLINE = [
     "forget_probe_acc",  # internal suite: forget answers still linearly recoverable?
     "cost_seconds",
 ]
+# the diffusion markdown's columns (unlearn/metrics/diffusion.py, cka_* in representation.py)
+DIFFUSION_HEADLINE = [
+    "erasure_rate",
+    "in_domain_retention",
+    "cross_domain_retention",
+    "paraphrase_attack_success",
+    "adversarial_attack_success",
+    "cka_forget",
+    "cka_retain",
+    "edit_seconds",
+]
 ARROWS = {"higher": "↑", "lower": "↓", "oracle": "≈oracle"}
 REF_COLOURS = {"target": "black", "oracle": "gold"}
 FQ_FLOOR = 1e-30  # forget quality is a p-value that can underflow to 0: plotted at this floor on the log axis
@@ -64,11 +82,16 @@ def _identity(rdir: Path, runs: Path) -> dict:
     ident = dict(zip(KEYS, (["?"] * 4 + list(parts[:-1]))[-4:]))
     ident["seed"] = int(rdir.name[4:])
     cfg = read_resolved(rdir)  # the lifecycle's ``resolved`` part, or a pre-lifecycle flat config read whole
+    ident["kind"] = "llm"
     if cfg:
         ident.update({k: str(cfg[k]) for k in KEYS if k in cfg})
         if "split" not in cfg and "concept" in cfg:  # erase runs: the concept plays the split's role
             ident["split"] = str(cfg["concept"])
         ident["seed"] = int(cfg.get("seed", ident["seed"]))
+        if cfg.get("workflow") == "erase" or cfg.get("kind") == "diffusion":
+            ident["kind"] = "diffusion"
+            # the run directory's name tells variants apart (esd-x / esd-u, uce / uce-phrases); config "method" not
+            ident["method"] = parts[-3] if len(parts) >= 3 else ident["method"]
     return ident
 
 
@@ -160,6 +183,8 @@ def compute_references(runs: str | Path, log=print) -> list[dict]:
     for rdir in find_run_dirs(runs):
         if (rdir / "metrics.json").exists() and (rdir / "config.json").exists():
             ident = _identity(rdir, runs)
+            if ident["kind"] == "diffusion":  # judged against the original inside the run; no target / oracle
+                continue
             by_group.setdefault((ident["benchmark"], ident["model"], ident["split"]), rdir)
     refs = []
     for (bench, model, split), rdir in sorted(by_group.items()):
@@ -260,6 +285,31 @@ def markdown(summary, refs: list[dict], incomplete: list[dict], command: str | N
             )
     else:
         lines.append("None.")
+    return "\n".join(lines) + "\n"
+
+
+def diffusion_markdown(summary, command: str | None = None) -> str:
+    """The diffusion erasure table: `DIFFUSION_HEADLINE` as mean ± std over seeds, arrows from the registry."""
+    reg = all_metrics()
+    present = {c[: -len("_mean")] for c in summary.columns if c.endswith("_mean")}
+    cols = [c for c in DIFFUSION_HEADLINE if c in present]
+
+    def head(c):
+        return f"{c} {ARROWS.get(reg[c].direction, '') if c in reg else ''}".strip()
+
+    lines = ["# Diffusion erasure leaderboard", ""]
+    if command:
+        lines += [f"Produced by `{command}`.", ""]
+    lines += ["Mean ± sample std across seeds; split = the erased concept. Every metric is in "
+              "`leaderboard_diffusion.csv` / `leaderboard_diffusion_summary.csv`.", ""]  # fmt: skip
+    lines.append("| " + " | ".join(["benchmark", "model", "method", "concept", "seeds", *map(head, cols)]) + " |")
+    lines.append("|" + " --- |" * (5 + len(cols)))
+    for _, r in summary.iterrows():
+        cells = [str(r[k]) for k in KEYS] + [str(r["n_seeds"])]
+        for c in cols:
+            m, sd = r[f"{c}_mean"], r[f"{c}_std"]
+            cells.append(_fmt(m) + (f" ± {_fmt(sd)}" if _fmt(sd) else ""))
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -372,12 +422,15 @@ def write_leaderboard(
         command: the command line that produced the results, recorded in the markdown.
 
     Returns:
-        ``{"csv", "summary", "references", "incomplete", "md", "png"}`` -> paths written.
+        ``{"csv", "summary", "references", "incomplete", "md", "png"}`` -> paths written, plus
+        ``{"diffusion_csv", "diffusion_summary", "diffusion_md"}`` when the tree holds finished diffusion runs.
     """
     import pandas as pd
 
     rows, incomplete = collect(runs)
-    if not rows and not incomplete:
+    diffusion = [r for r in rows if r.get("kind") == "diffusion"]
+    rows = [r for r in rows if r.get("kind") != "diffusion"]
+    if not rows and not incomplete and not diffusion:
         raise UnlearnError(f"no runs found under {runs} (expected <benchmark>/<model>/<method>/<split>/seed<k>/)")
     if references is None:
         references = compute_references(runs, log=log) if (with_references and rows) else []
@@ -404,4 +457,14 @@ def write_leaderboard(
     _write_csv(inc_df, paths["incomplete"])
     atomic_write_text(paths["md"], markdown(summary, references, incomplete, command))
     plot(summary, references, paths["png"])
+    if diffusion:
+        dcols = metric_columns(diffusion)
+        diffusion = sorted(diffusion, key=lambda r: tuple(str(r[k]) for k in KEYS) + (r["seed"],))
+        dsum = summarize(diffusion)
+        paths |= {"diffusion_csv": out / "leaderboard_diffusion.csv",
+                  "diffusion_summary": out / "leaderboard_diffusion_summary.csv",
+                  "diffusion_md": out / "leaderboard_diffusion.md"}  # fmt: skip
+        _write_csv(pd.DataFrame(diffusion, columns=[*KEYS, "seed", *dcols]), paths["diffusion_csv"])
+        _write_csv(dsum, paths["diffusion_summary"])
+        atomic_write_text(paths["diffusion_md"], diffusion_markdown(dsum, command))
     return paths

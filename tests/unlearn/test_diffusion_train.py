@@ -99,3 +99,25 @@ def test_killed_run_resumes_to_the_uninterrupted_weights(tmp_path, monkeypatch):
         assert torch.equal(a, b)
     trace = [(tmp_path / d / "trace.jsonl").read_text() for d in ("a", "b")]
     assert trace[0].count("\n") == trace[1].count("\n") == 5
+
+
+@pytest.mark.parametrize("prediction", ["epsilon", "v_prediction"])
+def test_prediction_spaces_match_the_scheduler(prediction):
+    """to_x0 is diffusers' pred_original_sample; to_eps recovers the true ε from the exact v (and is the identity for
+    ε-models): the spaces ESD / All-but-One (ε or v) and DoCo (x̂0) regress in."""
+    from diffusers import DDPMScheduler
+
+    from unlearn.diffusion_train import to_eps, to_x0
+
+    sched = DDPMScheduler(num_train_timesteps=1000, prediction_type=prediction, clip_sample=False)
+    g = torch.Generator().manual_seed(0)
+    x0, noise = torch.randn(2, 3, 4, 4, generator=g), torch.randn(2, 3, 4, 4, generator=g)
+    t = torch.tensor([10, 700])
+    x_t = sched.add_noise(x0, noise, t)
+    exact = noise if prediction == "epsilon" else sched.get_velocity(x0, noise, t)
+    torch.testing.assert_close(to_x0(exact, x_t, t, sched), x0, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(to_eps(exact, x_t, t, sched), noise, atol=1e-4, rtol=1e-4)
+    pred = torch.randn(2, 3, 4, 4, generator=g)
+    for i in range(2):  # one sample at a time through the scheduler's own step
+        want = sched.step(pred[i : i + 1], int(t[i]), x_t[i : i + 1]).pred_original_sample
+        torch.testing.assert_close(to_x0(pred, x_t, t, sched)[i : i + 1], want, atol=1e-5, rtol=1e-5)

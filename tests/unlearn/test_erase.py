@@ -185,7 +185,8 @@ def test_erase_ga_changes_only_cross_attention(env):
 @pytest.mark.parametrize(
     "args, msg",
     [
-        (["--method", "esd"], "unknown diffusion method 'esd'; valid: ga, npo, rece, uce"),
+        (["--method", "sld"], "unknown diffusion method 'sld'; valid: all_but_one, doco, esd, ga, npo, rece, uce"),
+        (["--method", "esd", "--set", "variant=z"], "--set variant=z: must be one of x, u, x-strict"),
         (["--concept", "hexagon"], "unknown TinyShapes concept 'hexagon'"),
         (["--set", "nope=1"], "unknown rece option 'nope'"),
         (["--set", "rounds=two"], "--set rounds=two: expected int"),

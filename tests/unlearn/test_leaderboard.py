@@ -140,3 +140,51 @@ def test_errors(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     assert main(["leaderboard", str(tmp_path / "empty"), "--out", str(tmp_path / "o")]) == 2
     assert "no runs found" in capsys.readouterr().err
+
+
+def _erase_run(root, label, method, seed, erasure, retention, workflow="erase"):
+    """An erase run as `unlearn erase` lays it out: tinyshapes/<model>/<method label>/<concept>/seed<k>/."""
+    d = root / "tinyshapes" / "tinyshapes" / label / "circle" / f"seed{seed}"
+    d.mkdir(parents=True)
+    resolved = {"workflow": workflow, "model": "tinyshapes", "method": method, "concept": "circle", "seed": seed}
+    if workflow == "eval":
+        resolved = {"workflow": "eval", "kind": "diffusion", "model": "tinyshapes", "concept": "circle"}
+    (d / "config.json").write_text(json.dumps({"resolved": resolved}))
+    metrics = {"erasure_rate": erasure, "in_domain_retention": retention, "cross_domain_retention": 1.0,
+               "paraphrase_attack_success": 0.25, "adversarial_attack_success": 1.0, "cka_forget": 0.9,
+               "cka_retain": 0.95, "edit_seconds": 2.0}  # fmt: skip
+    (d / "metrics.json").write_text(json.dumps({"schema_version": 1, **metrics}))
+    (d / "status.json").write_text(json.dumps({"state": "finished"}))
+
+
+def test_diffusion_runs_get_their_own_csvs(tree, tmp_path, capsys):
+    """Erase runs (and a diffusion eval) go to leaderboard_diffusion*.csv, keyed by the run directory's method name
+    (esd-x and esd-u are both method "esd" in their configs); the LLM CSVs are unchanged."""
+    for seed, (e, r) in enumerate([(0.5, 1.0), (0.75, 0.9), (1.0, 0.8)]):
+        _erase_run(tree, "esd-x", "esd", seed, e, r)
+    _erase_run(tree, "esd-u", "esd", 0, 0.25, 0.5)
+    _erase_run(tree, "original", None, 0, 0.0, 1.0, workflow="eval")
+    out = tmp_path / "res"
+    paths = write_leaderboard(tree, out, references=REFS)
+    assert len(pd.read_csv(paths["csv"])) == 4 and "erasure_rate" not in pd.read_csv(paths["csv"])
+    runs = pd.read_csv(paths["diffusion_csv"])
+    assert sorted(zip(runs["method"], runs["seed"])) == [("esd-u", 0), ("esd-x", 0), ("esd-x", 1), ("esd-x", 2),
+                                                          ("original", 0)]  # fmt: skip
+    assert set(runs["split"]) == {"circle"} and set(runs["benchmark"]) == {"tinyshapes"}
+    s = pd.read_csv(paths["diffusion_summary"]).set_index("method")
+    assert s.loc["esd-x", "n_seeds"] == 3 and s.loc["esd-x", "erasure_rate_mean"] == pytest.approx(0.75)
+    assert s.loc["esd-x", "erasure_rate_std"] == pytest.approx(0.25)  # sample std of (0.5, 0.75, 1.0)
+    assert s.loc["esd-x", "in_domain_retention_std"] == pytest.approx(0.1)
+    assert pd.isna(s.loc["esd-u", "erasure_rate_std"])
+    md = paths["diffusion_md"].read_text()
+    assert "erasure_rate ↑" in md and "adversarial_attack_success ↓" in md
+    assert "| tinyshapes | tinyshapes | esd-x | circle | 3 | 0.750 ± 0.250 | 0.900 ± 0.100 |" in md
+    assert main(["leaderboard", str(tree), "--out", str(tmp_path / "cli"), "--no-references"]) == 0
+    assert "4 finished run(s) + 5 diffusion run(s); 4 incomplete or failed" in capsys.readouterr().out
+
+
+def test_only_diffusion_runs(tmp_path):
+    root = tmp_path / "runs"
+    _erase_run(root, "doco", "doco", 0, 1.0, 1.0)
+    paths = write_leaderboard(root, tmp_path / "res")  # references: none are looked for (no LLM run)
+    assert len(pd.read_csv(paths["csv"])) == 0 and len(pd.read_csv(paths["diffusion_csv"])) == 1

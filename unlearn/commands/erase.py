@@ -7,9 +7,13 @@ from unlearn.config import load_yaml_overrides, parse_overrides
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
-        "erase", help="erase a concept from a diffusion target (UCE, RECE, GA, NPO) and evaluate"
+        "erase", help="erase a concept from a diffusion target (UCE, RECE, GA, NPO, ESD, ...) and evaluate"
     )
-    p.add_argument("--method", default="rece", help="uce | rece | ga | npo (`unlearn list methods`; default: rece)")
+    p.add_argument(
+        "--method",
+        default="rece",
+        help="uce | rece | ga | npo | esd | all_but_one | doco (`unlearn list methods`; default: rece)",
+    )
     p.add_argument(
         "--model",
         default="tinyshapes",

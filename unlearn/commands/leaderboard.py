@@ -33,7 +33,9 @@ def run(args) -> int:
     inc = pd.read_csv(paths["incomplete"])
     for p in paths.values():
         print(f"wrote {p}")
-    print(f"{n} finished run(s); {len(inc)} incomplete or failed" + (":" if len(inc) else ""))
+    nd = len(pd.read_csv(paths["diffusion_csv"])) if "diffusion_csv" in paths else 0
+    runs_txt = f"{n} finished run(s)" + (f" + {nd} diffusion run(s)" if nd else "")
+    print(f"{runs_txt}; {len(inc)} incomplete or failed" + (":" if len(inc) else ""))
     for _, r in inc.iterrows():
         print(f"  {r['path']}: {r['state']} ({r['reason']})")
     return 0

@@ -20,6 +20,9 @@ Two shapes of method:
   - ``forget_targets(forget_records, cfg, seed) -> list[str]`` (LLM task): a second answer per forget record (the
     refusal methods' "I don't know" answers), tokenized once and handed to the step as ``batch["forget_alt"]``, row
     for row with ``batch["forget"]``;
+  - ``run_label(cfg) -> str``: the name a run of this configuration is filed under (ESD's variants: ``esd-x``);
+  - ``train_defaults``: ``{field: value}`` replacing the training config's defaults for this method (ESD's
+    150 steps), applied before ``--config`` / ``--set``;
   - the LLM step context's ``hidden(*batches, layer=L, reference=False)`` returns the residual stream after
     decoder block ``L`` (0-based), (B, T, d) per batch, from ONE forward pass of the trainable model (with grad,
     through the DDP wrapper) or of the frozen reference (``needs_reference`` must say so): RMU's activations.
@@ -61,6 +64,9 @@ _MODULES: dict[tuple[str, str], str] = {
     ("diffusion", "rece"): "unlearn.methods.rece",
     ("diffusion", "ga"): "unlearn.methods.diffusion_grad",
     ("diffusion", "npo"): "unlearn.methods.diffusion_grad",
+    ("diffusion", "esd"): "unlearn.methods.esd",
+    ("diffusion", "all_but_one"): "unlearn.methods.all_but_one",
+    ("diffusion", "doco"): "unlearn.methods.doco",
 }
 
 
@@ -78,7 +84,10 @@ class StepContext(Protocol):
     block outputs (see the module docstring).
 
     Diffusion task: ``policy(batch)`` returns the per-sample denoising loss (B,) of the trainable UNet and
-    ``reference(batch)`` the frozen one's at the same (t, noise); ``norm`` holds ``forget_seqs``/``retain_seqs``.
+    ``reference(batch)`` the frozen one's at the same (t, noise); ``norm`` holds ``forget_seqs``/``retain_seqs``;
+    ``predict(batch, cond=None, reference=False, space="model"|"eps"|"x0")`` the raw UNet output (B, C, H, W) at
+    the batch's x_t, ``encode(prompts)`` extra text embeddings and ``concept`` the erased word
+    (`unlearn.diffusion_train`).
 
     Both: ``aux`` is the method's auxiliary modules / optimizers (``make_aux``), or an empty dict.
     """
@@ -111,6 +120,8 @@ class MethodSpec:
     prepare: Callable | None = None  # (model, cfg, forget records) -> None: once, before parameters are chosen
     budget: str = "forget"  # forget | retain: the set an epoch passes over
     forget_targets: Callable | None = None  # (forget records, cfg, seed) -> [str]: batch["forget_alt"] answers
+    run_label: Callable | None = None  # (cfg) -> run-directory / leaderboard name (ESD: esd-x, esd-u); None = name
+    train_defaults: dict | None = None  # the method's own training-config defaults (steps, lr ...); --set wins
 
     @property
     def target(self) -> str:  # the older name of ``kind``

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 import torch
 
@@ -40,6 +40,10 @@ class RECEConfig:
     guide: str = ""  # guide concept, as in UCE
     preserve: list[str] | None = None  # None: the caller's preserve set; used by the UCE start and every round
     uce: UCEConfig = field(default_factory=UCEConfig)  # the UCE edit RECE starts from
+    # which round the erase workflow keeps: "validation" = the reference's rule (train_object.py: lowest target
+    # accuracy on validation prompts among rounds beating UCE with others' accuracy within 0.1; unlearn.erase
+    # .best_round), "last" = the last round; the edit itself ignores it (selection needs the classifier)
+    select: Literal["validation", "last"] = "validation"
 
     RANGES: ClassVar[dict[str, str]] = {
         "rounds": ">= 0", "reg": "> 0", "lamb": "> 0", "preserve_scale": ">= 0", "erase_scale": ">= 0",
