@@ -290,7 +290,8 @@ def run_loop(
             start, n_tok_total, _ = load_checkpoint(ckpt, model, core)
             log(f"resuming from step {start} ({ckpt})")
         if main:
-            truncate_trace(Path(rdir) / "trace.jsonl", start)  # rows after the checkpoint are written again
+            # rows after the checkpoint are written again; with no checkpoint, all of them (step 0's eval included)
+            truncate_trace(Path(rdir) / "trace.jsonl", start if start > 0 else -1)
         acc.wait_for_everyone()
 
     def fail(msg: str, step: int):

@@ -196,10 +196,9 @@ def one_run(ra) -> str:
 def trajectory_rows(rdir: Path, method: str, e: PathEntry, seed: int) -> tuple[list[dict], list[list[float]]]:
     """The long rows of one run's trace (step 0 .. last) and the prediction vectors per logged step."""
     rows, preds = [], []
-    for r in read_jsonl(Path(rdir) / "trace.jsonl", tolerant=True):
-        if "eval" not in r:
-            continue
-        ev = r["eval"]
+    evals = {r["step"]: r["eval"] for r in read_jsonl(Path(rdir) / "trace.jsonl", tolerant=True) if "eval" in r}
+    for step in sorted(evals):  # one row per logged step (the last one written wins)
+        r, ev = {"step": step}, evals[step]
         rows.append({"path": e.label, "position": e.position, "seed": seed, "method": method, "step": r["step"],
                      **{k: ev[k] for k in PROBE_KEYS if k in ev}})  # fmt: skip
         preds.append(ev.get("pred", []))
