@@ -26,6 +26,20 @@ def unlearn_home(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def micro_tinyshapes(tmp_path_factory):
+    """(UNLEARN_HOME, pipeline path) of the micro TinyShapes target, built once per session in a cache of its own
+    (tests that use it set UNLEARN_HOME to that folder)."""
+    home = tmp_path_factory.mktemp("tinyshapes_home")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("HF_HUB_OFFLINE", "1")
+        mp.setenv("UNLEARN_HOME", str(home))
+        from unlearn.targets.tinyshapes_build import build_tinyshapes
+
+        path = build_tinyshapes("micro", progress=False, log=lambda *_: None)
+    return home, path
+
+
+@pytest.fixture(scope="session")
 def micro_target(unlearn_home):
     """The micro TinyFacts target + forget10 oracle, built in-process under a fixed seed."""
     import torch

@@ -277,6 +277,11 @@ def run_erase(cfg: EraseConfig, log=print) -> Path:
 
 
 # ----------------------------------------------------------------------------------------------- eval
+def _finished_metrics(out) -> dict:
+    """The metrics of a finished (reused) evaluation directory, without ``schema_version``."""
+    return {k: v for k, v in read_json(Path(out) / "metrics.json").items() if k != "schema_version"}
+
+
 def default_original(path: Path) -> str:
     """The model a TinyShapes pipeline is judged against: the one it was erased from (``tinyshapes.json``, written by
     ``--save-model``), else the embedded target of its build preset, else ``tinyshapes``."""
@@ -335,7 +340,7 @@ def eval_diffusion(
                 "original_hash": files_hash(opath)}  # fmt: skip
         run = claim_run(out, resolved, force=force, reuse=reuse, log=log, provenance=prov)
         if run.reused:
-            return Path(out), {k: v for k, v in read_json(Path(out) / "metrics.json").items() if k != "schema_version"}
+            return Path(out), _finished_metrics(out)
     with run if run is not None else contextlib.nullcontext():
         if run is not None:
             run.start()
@@ -592,7 +597,7 @@ def eval_sd(model: str, path: Path, concept: str, original: str | None, out, sd:
             prov.update(original_path=str(opath), original_hash=files_hash(opath))
         run = claim_run(out, resolved, force=force, reuse=reuse, log=log, provenance=prov)
         if run.reused:
-            return Path(out), {k: v for k, v in read_json(Path(out) / "metrics.json").items() if k != "schema_version"}
+            return Path(out), _finished_metrics(out)
     with run if run is not None else contextlib.nullcontext():
         if run is not None:
             run.start()

@@ -232,6 +232,18 @@ def _fmt(v) -> str:
     return f"{v:.3f}" if av < 10 else f"{v:.1f}"
 
 
+def _summary_rows(summary, cols) -> list[str]:
+    """Markdown rows of a mean/std summary: the key columns, the seed count, ``mean ± std`` per metric."""
+    rows = []
+    for _, r in summary.iterrows():
+        cells = [str(r[k]) for k in KEYS] + [str(r["n_seeds"])]
+        for c in cols:
+            m, sd = r[f"{c}_mean"], r[f"{c}_std"]
+            cells.append(_fmt(m) + (f" ± {_fmt(sd)}" if _fmt(sd) else ""))
+        rows.append("| " + " | ".join(cells) + " |")
+    return rows
+
+
 def markdown(summary, refs: list[dict], incomplete: list[dict], command: str | None = None) -> str:
     """The headline table (mean ± std over seeds, arrows = better direction), the references and incomplete runs."""
     reg = all_metrics()
@@ -253,12 +265,7 @@ def markdown(summary, refs: list[dict], incomplete: list[dict], command: str | N
     ]
     lines.append("| " + " | ".join([*KEYS, "seeds", *map(head, cols)]) + " |")
     lines.append("|" + " --- |" * (len(KEYS) + 1 + len(cols)))
-    for _, r in summary.iterrows():
-        cells = [str(r[k]) for k in KEYS] + [str(r["n_seeds"])]
-        for c in cols:
-            m, s = r[f"{c}_mean"], r[f"{c}_std"]
-            cells.append(_fmt(m) + (f" ± {_fmt(s)}" if _fmt(s) else ""))
-        lines.append("| " + " | ".join(cells) + " |")
+    lines += _summary_rows(summary, cols)
     if refs:
         lines += [
             "",
@@ -304,12 +311,7 @@ def diffusion_markdown(summary, command: str | None = None) -> str:
               "`leaderboard_diffusion.csv` / `leaderboard_diffusion_summary.csv`.", ""]  # fmt: skip
     lines.append("| " + " | ".join(["benchmark", "model", "method", "concept", "seeds", *map(head, cols)]) + " |")
     lines.append("|" + " --- |" * (5 + len(cols)))
-    for _, r in summary.iterrows():
-        cells = [str(r[k]) for k in KEYS] + [str(r["n_seeds"])]
-        for c in cols:
-            m, sd = r[f"{c}_mean"], r[f"{c}_std"]
-            cells.append(_fmt(m) + (f" ± {_fmt(sd)}" if _fmt(sd) else ""))
-        lines.append("| " + " | ".join(cells) + " |")
+    lines += _summary_rows(summary, cols)
     return "\n".join(lines) + "\n"
 
 

@@ -12,15 +12,8 @@ from unlearn.metrics import check_keys
 
 
 @pytest.fixture(scope="module")
-def home(tmp_path_factory):
-    home = tmp_path_factory.mktemp("unlearn_home")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("HF_HUB_OFFLINE", "1")
-        mp.setenv("UNLEARN_HOME", str(home))
-        from unlearn.targets.tinyshapes_build import build_tinyshapes
-
-        path = build_tinyshapes("micro", progress=False, log=lambda *_: None)
-        yield home, path
+def home(micro_tinyshapes):
+    return micro_tinyshapes
 
 
 @pytest.fixture

@@ -15,15 +15,10 @@ FAST = ["--images-per-prompt", "1", "--sample-steps", "2", "--no-progress", "--s
         "--set", "pairs_per_prompt=1", "--save-model"]  # fmt: skip
 
 
-@pytest.fixture(scope="module")
-def home(tmp_path_factory):
-    home = tmp_path_factory.mktemp("unlearn_home")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("HF_HUB_OFFLINE", "1")
-        mp.setenv("UNLEARN_HOME", str(home))
-        from unlearn.targets.tinyshapes_build import build_tinyshapes
-
-        yield build_tinyshapes("micro", progress=False, log=lambda *_: None)
+@pytest.fixture
+def home(micro_tinyshapes, monkeypatch):
+    monkeypatch.setenv("UNLEARN_HOME", str(micro_tinyshapes[0]))
+    return micro_tinyshapes[1]
 
 
 @pytest.mark.slow

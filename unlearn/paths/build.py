@@ -391,7 +391,7 @@ def build_paths(
     if todo:
         _run_dag(pcfg, root, todo, workers, bar, costs, log, p.steps)
     for o, s in finals:
-        card = _finish(pcfg, root, o, s)
+        card = finish_path(pcfg, str(root), o, s)
         bar.update(1)
         log(f"path_{order_name(o)}_seed{s}: forget position {card['position']}, {card['steps']} steps; exact match "
             + ", ".join(f"{k} {v:.3f}" for k, v in card["accuracy"].items()))  # fmt: skip
@@ -411,10 +411,6 @@ def build_paths(
         f"training); root {root}"
     )
     return root
-
-
-def _finish(pcfg, root, o, s) -> dict:
-    return finish_path(pcfg, str(root), o, s)
 
 
 def _run_dag(pcfg, root: Path, todo, workers: int, bar, costs: list, log, steps: dict) -> None:
