@@ -180,13 +180,20 @@ def run(a: RunArgs, log=print, accelerator=None, trace_eval=None) -> Path:
     spec0 = resolve_model(a.model, a.benchmark, a.split)
     tinyfacts_dir = not spec0.embedded and a.benchmark == "tinyfacts" and tinyfacts_build_of(spec0.target) is not None
     mspec, mcfg, tcfg = prepare_configs(a, bool(spec0.embedded) or tinyfacts_dir)
-    rdir = run_dir(a.out, a.benchmark, a.model, a.method, a.split, a.seed)
+    label = mspec.run_label(mcfg) if mspec.run_label is not None else a.method
+    rdir = run_dir(a.out, a.benchmark, a.model, label, a.split, a.seed)
     main = accelerator is None or accelerator.is_main_process
     spec, tdir, odir, orig, bcfg = resolve_paths(a.model, a.benchmark, a.split, log=log)
     tok = load_tokenizer(tdir)
+    start_dir, start_metrics = tdir, {}
     fmt = prompt_format(a.prompt, tok, bool(spec.embedded), a.model)
     sets, forget, retain_train = _sets_for(bcfg, a.benchmark, a.split, a.files)
     ecfg = EvalConfig(suite=a.suite)
+    if mspec.start_from is not None:  # the method unlearns from weights of its own (DP2Unlearning's DP base)
+        user_keys = {k.split(".")[-1] for k, _ in a.overrides}
+        ctx = {"build": bcfg, "target": tdir, "oracle": odir, "n_retain": len(retain_train), "user_keys": user_keys,
+               "log": log, "progress": a.progress}  # fmt: skip
+        start_dir, start_metrics = mspec.start_from(mcfg, tcfg, ctx)
     resolved = {
         "workflow": "run",
         "method": a.method,
@@ -207,6 +214,8 @@ def run(a: RunArgs, log=print, accelerator=None, trace_eval=None) -> Path:
         "oracle_path": odir,
         "original_path": orig,
         "weights_hash": files_hash(tdir),
+        "start_path": start_dir,
+        "start_hash": files_hash(start_dir),
         "oracle_hash": files_hash(odir),
         "n_forget": len(forget),
         "n_retain_train": len(retain_train),
@@ -219,7 +228,7 @@ def run(a: RunArgs, log=print, accelerator=None, trace_eval=None) -> Path:
     t0 = time.time()
     with claim:
         claim.start()
-        tgt = Target(spec, load_causal_lm(tdir), tok, fmt, tdir, odir, orig, bcfg)
+        tgt = Target(spec, load_causal_lm(start_dir), tok, fmt, tdir, odir, orig, bcfg)
         if bcfg is not None and bcfg.threads and not torch.cuda.is_available():
             torch.set_num_threads(bcfg.threads)  # tiny matrices: extra threads only thrash
 
@@ -247,6 +256,7 @@ def run(a: RunArgs, log=print, accelerator=None, trace_eval=None) -> Path:
                 metrics.update(_internal(suite, model, accelerator, main, rdir))
         if main:
             metrics.update(cost_metrics(summary, time.time() - t0))
+            metrics.update(start_metrics)
             if a.save_model:
                 save_model(model, tok, rdir / "model")
             atomic_write_jsonl(rdir / "examples.jsonl", examples)
