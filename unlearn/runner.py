@@ -206,12 +206,12 @@ def run(a: RunArgs, log=print, accelerator=None, trace_eval=None) -> Path:
     mspec, mcfg, tcfg = prepare_configs(a, bool(spec0.embedded) or tinyfacts_dir)
     rdir = run_dir(a.out, a.benchmark, a.model, a.method, a.split, a.seed)
     main = accelerator is None or accelerator.is_main_process
+    muse = _muse_benchmark(a.benchmark)
+    ecfg = _muse_config(a.suite) if muse else EvalConfig(suite=a.suite)
     spec, tdir, odir, orig, bcfg = resolve_paths(a.model, a.benchmark, a.split, log=log)
     tok = load_tokenizer(spec.tokenizer or tdir)
     fmt = prompt_format(a.prompt, tok, bool(spec.embedded), a.model)
     sets, forget, retain_train = _sets_for(bcfg, a.benchmark, a.split, a.files)
-    muse = _muse_benchmark(a.benchmark)
-    ecfg = _muse_config(a.suite) if muse else EvalConfig(suite=a.suite)
     if muse:  # the corpora as the references train on them: fixed-length chunks, every token a label
         forget = training_chunks(tok, forget, tcfg.max_length)
         retain_train = training_chunks(tok, retain_train, tcfg.max_length)
@@ -316,6 +316,8 @@ def evaluate_checkpoint(a: EvalArgs, log=print, accelerator=None) -> tuple[dict,
     check_split(a.benchmark, a.split)
     check_suite(a.suite)
     main = accelerator is None or accelerator.is_main_process
+    muse = _muse_benchmark(a.benchmark)
+    ecfg = _muse_config(a.suite) if muse else EvalConfig(suite=a.suite)
     spec, tdir, odir, orig, bcfg = resolve_paths(a.model, a.benchmark, a.split, need_oracle=not a.no_oracle, log=log)
     if a.oracle:
         resolve_model_dir(a.oracle)  # fail early, with the usual one-line errors
@@ -328,8 +330,6 @@ def evaluate_checkpoint(a: EvalArgs, log=print, accelerator=None) -> tuple[dict,
     tok = load_tokenizer(spec.tokenizer or tdir)
     fmt = prompt_format(a.prompt, tok, bool(spec.embedded), a.model)
     sets, _, retain_train = _sets_for(bcfg, a.benchmark, a.split, a.files)
-    muse = _muse_benchmark(a.benchmark)
-    ecfg = _muse_config(a.suite) if muse else EvalConfig(suite=a.suite)
     claim = None
     if a.out:
         resolved = {"workflow": "eval", "model": a.model, "benchmark": a.benchmark, "split": a.split,

@@ -44,7 +44,14 @@ CHUNK_SEPARATOR = "\n\n"  # MUSE and open-unlearning join the corpus documents w
 def _rows(benchmark: str, config: str, split: str, columns: tuple[str, ...]) -> list[dict]:
     repo = HUB[benchmark]
     hint = "load it once online, or write it into the datasets cache (unlearn.data.wmdp.write_hf_cache)"
-    ds = _load_hub(repo, config, split, hint)
+    from datasets.utils import logging as ds_logging
+
+    level = ds_logging.get_verbosity()
+    ds_logging.set_verbosity_error()  # offline, datasets warns once per set that it uses the cached copy: expected
+    try:
+        ds = _load_hub(repo, config, split, hint)
+    finally:
+        ds_logging.set_verbosity(level)
     missing = set(columns) - set(ds.column_names)
     if missing:
         raise UnlearnError(f"{repo}[{config}] split {split}: missing column(s) {', '.join(sorted(missing))}")

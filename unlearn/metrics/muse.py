@@ -98,7 +98,7 @@ def verbmem_reference(tokenizer, gt: str, max_tokens: int) -> str:
     """The reference continuation as muse_bench scores it: ``gt`` tokenized with special tokens (BOS), cut to
     ``max_tokens`` ids, decoded without special tokens."""
     ids = tokenizer(gt, add_special_tokens=True)["input_ids"][:max_tokens]
-    return tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=True)
+    return tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
 
 
 # ----------------------------------------------------------------------------------------------- model passes
@@ -113,7 +113,7 @@ def _generate(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_s
     for s in range(0, len(order), batch_size):
         idx = order[s : s + batch_size]
         for i, g in zip(idx, greedy_generate(model, tokenizer, [enc[i] for i in idx], max_new_tokens)):
-            out[i] = tokenizer.decode(g, skip_special_tokens=True, clean_up_tokenization_spaces=True)
+            out[i] = tokenizer.decode(g, skip_special_tokens=True, clean_up_tokenization_spaces=False)
     return out
 
 
