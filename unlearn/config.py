@@ -125,9 +125,10 @@ _TOFU_NAMES = {
 }
 _TOFU_RETAIN = {"forget01": "retain99", "forget05": "retain95", "forget10": "retain90"}
 
-# MUSE (docs/muse.md): the authors' Llama-2-7B fine-tunes on each corpus (target) and on its retain part only
-# (retrain: the oracle), with the base model's tokenizer (their checkpoints are loaded with it: muse_bench's
-# eval.py --tokenizer_dir, open-unlearning's tokenizer_args). alias -> (benchmark, target, retrain, tokenizer).
+# MUSE (docs/benchmarks/muse.md): the authors' Llama-2-7B fine-tunes on each corpus (target) and on its retain
+# part only (retrain: the oracle), with the base model's tokenizer (their checkpoints are loaded with it:
+# muse_bench's eval.py --tokenizer_dir, open-unlearning's tokenizer_args). alias -> (benchmark, target, retrain,
+# tokenizer).
 MUSE_MODELS: dict[str, tuple[str, str, str, str]] = {
     "muse-news": ("muse_news", "muse-bench/MUSE-News_target", "muse-bench/MUSE-News_retrain",
                   "meta-llama/Llama-2-7b-hf"),

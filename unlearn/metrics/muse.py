@@ -1,7 +1,7 @@
 """MUSE's evaluation (family ``muse``): VerbMem, KnowMem and PrivLeak (Shi et al. 2024, arXiv 2407.06460).
 
 Definitions follow the authors' code (https://github.com/swj0419/muse_bench, ``eval.py`` and ``metrics/``);
-where open-unlearning's port (``configs/eval/muse_metrics/``) differs, docs/muse.md says how.
+where open-unlearning's port (``configs/eval/muse_metrics/``) differs, docs/benchmarks/muse.md says how.
 
 * **VerbMem** (``forget_verbmem_rouge``): each ``verbmem/forget`` prompt (a prefix of a forget document,
   tokenized with BOS) is continued greedily for up to 128 new tokens; the continuation is scored against the
