@@ -76,6 +76,11 @@ def test_run_muse_news_ga(muse_env, unlearn_home, tmp_path, capsys):
     assert cols["target"]["forget_verbmem_rouge"] > 0.5 > m["forget_verbmem_rouge"]
     assert cols["target"]["mia_min_k_auc"] > m["mia_min_k_auc"]
 
+    # `unlearn eval` of the target: the same numbers as the cached evaluation behind --compare
+    assert main(["eval", "--model", "muse-news", "--out", str(tmp_path / "eval"), "--no-progress"]) == 0
+    t = read_json(tmp_path / "eval" / "metrics.json")
+    assert {k: t[k] for k in MUSE_KEYS} == pytest.approx({k: cols["target"][k] for k in MUSE_KEYS})
+
 
 def test_muse_refusals_are_one_line(muse_env, tmp_path, capsys):
     from unlearn.cli import main
