@@ -76,6 +76,12 @@ def test_run_muse_news_ga(muse_env, unlearn_home, tmp_path, capsys):
     assert cols["target"]["forget_verbmem_rouge"] > 0.5 > m["forget_verbmem_rouge"]
     assert cols["target"]["mia_min_k_auc"] > m["mia_min_k_auc"]
 
+    # the leaderboard shows MUSE's metrics for the run and its two reference points
+    assert main(["leaderboard", str(out), "--out", str(tmp_path / "lb")]) == 0
+    md = (tmp_path / "lb" / "leaderboard.md").read_text()
+    assert "forget_verbmem_rouge" in md and "retain_knowmem_rouge" in md
+    assert "| muse_news | muse-news | forget | target |" in md and "| muse_news | muse-news | forget | oracle |" in md
+
     # `unlearn eval` of the target: the same numbers as the cached evaluation behind --compare
     assert main(["eval", "--model", "muse-news", "--out", str(tmp_path / "eval"), "--no-progress"]) == 0
     t = read_json(tmp_path / "eval" / "metrics.json")
