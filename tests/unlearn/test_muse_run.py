@@ -98,3 +98,16 @@ def test_muse_refusals_are_one_line(muse_env, tmp_path, capsys):
         rc = main(["run", "--model", "muse-news", "--method", "ga", "--out", str(tmp_path), "--no-progress", *argv])
         err = capsys.readouterr().err.strip()
         assert rc == 2 and msg in err and len(err.splitlines()) == 1, err
+
+
+def test_missing_checkpoints_offline_are_one_line(muse_env, tmp_path, monkeypatch, capsys):
+    import huggingface_hub.constants as hc
+
+    from unlearn.cli import main
+
+    monkeypatch.setattr(hc, "HF_HUB_CACHE", str(tmp_path / "empty_hub"))
+    rc = main(["run", "--model", "muse-news", "--method", "ga", "--out", str(tmp_path / "runs"), "--no-progress"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1, err
+    assert "meta-llama/Llama-2-7b-hf" in err and "HF_HOME" in err
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").rglob("metrics.json"))
