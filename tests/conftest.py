@@ -188,3 +188,125 @@ def sd_hub(tmp_path_factory):
         return build_sd_hub(tmp_path_factory.mktemp("hf_home"))
     finally:
         torch.set_num_threads(threads)
+
+
+# ----------------------------------------------------------------------------------------------- MUSE
+MUSE_TARGET, MUSE_RETRAIN, MUSE_TOKENIZER = (
+    "muse-bench/MUSE-News_target", "muse-bench/MUSE-News_retrain", "meta-llama/Llama-2-7b-hf"
+)  # fmt: skip
+_NEWS = [f"the council of {town} voted {n} to {m} on the new {thing} budget on monday"
+         for town, n, m, thing in (("Arden", 7, 2, "river"), ("Belmont", 5, 4, "school"),
+                                   ("Corvin", 9, 1, "bridge"), ("Dunmore", 3, 6, "harbour"),
+                                   ("Elstow", 8, 0, "library"), ("Farleigh", 4, 5, "rail"))]  # fmt: skip
+_OTHER = [f"a storm closed the {road} road near {place} for {h} hours after heavy rain"
+          for road, place, h in (("north", "Gale", 3), ("east", "Hollin", 5), ("west", "Ivy", 2),
+                                 ("south", "Jarrow", 8), ("old", "Kell", 6), ("coast", "Lyme", 4))]  # fmt: skip
+_UNSEEN = [
+    "the mayor of Gorsey opened a new park on friday",
+    "a fire at the Marsh mill was put out by noon",
+    "pupils in Norwood won the county chess final",
+    "the ferry to Osney will run twice a day in june",
+]
+
+
+def muse_news_rows() -> dict[tuple[str, str], dict[str, list]]:
+    """Tiny MUSE-News configs, (config, split) -> columns: the privleak forget texts are forget-corpus documents
+    (as in MUSE), the holdout texts are never trained on."""
+    qa = lambda docs: {"question": [f"How did the council of {d.split()[3]} vote?" for d in docs],  # noqa: E731
+                       "answer": [" ".join(d.split()[5:8]) for d in docs]}  # fmt: skip
+    return {
+        ("raw", "forget"): {"text": _NEWS},
+        ("raw", "retain1"): {"text": _OTHER},
+        ("verbmem", "forget"): {"prompt": [" ".join(d.split()[:6]) for d in _NEWS[:3]],
+                                "gt": [" ".join(d.split()[6:]) for d in _NEWS[:3]]},
+        ("knowmem", "forget_qa"): qa(_NEWS[:3]),
+        ("knowmem", "forget_qa_icl"): qa(_NEWS[4:6]),
+        ("knowmem", "retain_qa"): {"question": [f"Which road closed near {d.split()[6]}?" for d in _OTHER[:3]],
+                                   "answer": [f"the {d.split()[3]} road" for d in _OTHER[:3]]},
+        ("knowmem", "retain_qa_icl"): {"question": ["Where is Gale?"], "answer": ["near the north road"]},
+        ("privleak", "forget"): {"text": _NEWS[:4]},
+        ("privleak", "holdout"): {"text": _UNSEEN},
+    }  # fmt: skip
+
+
+def build_muse_hub(home):
+    """A fabricated Hugging Face cache under ``home`` (HF_HOME) for ``--model muse-news``: tiny random Llamas saved
+    as ``muse-bench/MUSE-News_target`` and ``_retrain`` (weights only, as the authors load them with Llama-2's
+    tokenizer), a byte-level BPE tokenizer as ``meta-llama/Llama-2-7b-hf`` (BOS added, no chat template, no pad
+    token: like Llama-2's), and `muse_news_rows` in the datasets cache layout (``home/datasets``)."""
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    from unlearn.data.wmdp import write_hf_cache
+    from unlearn.metrics.muse import knowmem_prompt
+
+    rows = muse_news_rows()
+    texts = [t for cols in rows.values() for vals in cols.values() for t in vals]
+    bpe = Tokenizer(models.BPE(unk_token="<unk>"))
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=["<unk>", "<s>", "</s>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())  # fmt: skip
+    bpe.train_from_iterator(texts + ["Question: Answer:\n\n"], trainer=trainer)
+    bpe.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
+    tok = PreTrainedTokenizerFast(tokenizer_object=bpe, unk_token="<unk>", bos_token="<s>", eos_token="</s>")
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=512, bos_token_id=1,
+                      eos_token_id=2, pad_token_id=None)  # fmt: skip
+    base = _hub_snapshot(home / "hub", MUSE_TOKENIZER)
+    tok.save_pretrained(base)
+    cfg.save_pretrained(base)  # AutoTokenizer reads the repo's config.json (the base model's weights are not needed)
+
+    # the target memorises the whole corpus, the retrained model its retain part only (as MUSE's checkpoints were
+    # fine-tuned): full-batch Adam on every token of each document, a few seconds
+    def qa(split):  # the KnowMem prompts with their answers, so that a model can know them
+        shots = rows[("knowmem", f"{split}_icl")]
+        icl = [{"question": q, "answer": a} for q, a in zip(shots["question"], shots["answer"])]
+        q, a = rows[("knowmem", split)]["question"], rows[("knowmem", split)]["answer"]
+        return [knowmem_prompt(icl, x) + y for x, y in zip(q, a)]
+
+    for seed, (repo, docs) in enumerate(((MUSE_TARGET, _NEWS + _OTHER + qa("forget_qa") + qa("retain_qa")),
+                                         (MUSE_RETRAIN, _OTHER + qa("retain_qa")))):  # fmt: skip
+        torch.manual_seed(seed)
+        model = LlamaForCausalLM(cfg)
+        enc = [tok(d)["input_ids"] + [tok.eos_token_id] for d in docs]
+        T = max(map(len, enc))
+        ids = torch.tensor([e + [tok.eos_token_id] * (T - len(e)) for e in enc])
+        labels = torch.tensor([e + [-100] * (T - len(e)) for e in enc])
+        opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+        for _ in range(60):
+            opt.zero_grad()
+            model(input_ids=ids, labels=labels).loss.backward()
+            opt.step()
+        model.save_pretrained(_hub_snapshot(home / "hub", repo), safe_serialization=True)
+    for (config, split), cols in rows.items():
+        write_hf_cache("muse-bench/MUSE-News", config, split, cols, cache_dir=home / "datasets")
+    return home
+
+
+@pytest.fixture(scope="session")
+def muse_hub(tmp_path_factory):
+    """HF_HOME of the fabricated MUSE-News cache (`build_muse_hub`), built once per session."""
+    return build_muse_hub(tmp_path_factory.mktemp("muse_hf_home"))
+
+
+@pytest.fixture(scope="session")
+def muse_rows():
+    """The fabricated MUSE-News rows (`muse_news_rows`): (config, split) -> columns."""
+    return muse_news_rows()
+
+
+@pytest.fixture
+def muse_env(muse_hub, monkeypatch):
+    """Point huggingface_hub, transformers and datasets at the fabricated MUSE cache, offline."""
+    import datasets
+    import huggingface_hub.constants as hc
+
+    monkeypatch.setenv("HF_HOME", str(muse_hub))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(muse_hub / "datasets"))
+    monkeypatch.setattr(hc, "HF_HUB_CACHE", str(muse_hub / "hub"))
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", muse_hub / "datasets")
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
+    return muse_hub

@@ -127,6 +127,30 @@ _TOFU_NAMES = {
 }
 _TOFU_RETAIN = {"forget01": "retain99", "forget05": "retain95", "forget10": "retain90"}
 
+# MUSE (docs/benchmarks/muse.md): the authors' Llama-2-7B fine-tunes on each corpus (target) and on its retain
+# part only (retrain: the oracle), with the base model's tokenizer (their checkpoints are loaded with it:
+# muse_bench's eval.py --tokenizer_dir, open-unlearning's tokenizer_args). alias -> (benchmark, target, retrain,
+# tokenizer).
+MUSE_MODELS: dict[str, tuple[str, str, str, str]] = {
+    "muse-news": ("muse_news", "muse-bench/MUSE-News_target", "muse-bench/MUSE-News_retrain",
+                  "meta-llama/Llama-2-7b-hf"),
+    "muse-books": ("muse_books", "muse-bench/MUSE-Books_target", "muse-bench/MUSE-Books_retrain",
+                   "meta-llama/Llama-2-7b-hf"),
+}  # fmt: skip
+# the benchmark a run of an alias uses when --benchmark is not given
+ALIAS_BENCHMARKS: dict[str, str] = {alias: m[0] for alias, m in MUSE_MODELS.items()}
+
+# Training settings of a benchmark's reference recipe, applied before --set (not to the embedded target). MUSE:
+# muse_bench's baselines/scripts/unlearn_{news,books}.sh and open-unlearning's experiment/unlearn/muse/default.yaml:
+# lr 1e-5, 10 epochs, effective batch 32 (4 per device x 8 GPUs there, 4 x 8 accumulation steps in
+# open-unlearning), constant schedule without warm-up, no weight decay, 2048-token
+# chunks of the corpus.
+BENCHMARK_TRAIN: dict[str, dict[str, Any]] = {
+    b: {"lr": 1e-5, "epochs": 10, "batch_size": 32, "schedule": "constant", "warmup_epochs": 0.0,
+        "weight_decay": 0.0, "max_length": 2048}
+    for b in ("muse_news", "muse_books")
+}  # fmt: skip
+
 
 @dataclass
 class ModelSpec:
@@ -135,6 +159,7 @@ class ModelSpec:
     alias: str  # what the user typed
     target: str  # HF id, local dir, or embedded:<preset>
     oracle: str | None  # HF id / local dir of the retain-only model for this split, if known
+    tokenizer: str | None = None  # where the tokenizer comes from when not with the weights (MUSE: Llama-2's)
 
     @property
     def embedded(self) -> str | None:
@@ -143,6 +168,9 @@ class ModelSpec:
 
 def resolve_model(alias: str, benchmark: str = "tinyfacts", split: str = "forget10") -> ModelSpec:
     """Map an alias (or HF id / local path) to the model to load and its oracle."""
+    if alias in MUSE_MODELS:  # its checkpoints ship without a tokenizer: always the base model's
+        bench, target, retrain, tok = MUSE_MODELS[alias]
+        return ModelSpec(alias, target, retrain if benchmark == bench else None, tok)
     if benchmark == "tofu" and alias in _TOFU_NAMES:
         base = f"open-unlearning/tofu_{_TOFU_NAMES[alias]}"
         return ModelSpec(alias, f"{base}_full", f"{base}_{_TOFU_RETAIN[split]}" if split in _TOFU_RETAIN else None)

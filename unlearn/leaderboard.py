@@ -48,6 +48,9 @@ HEADLINE = [
     "retain_rougeL_recall",
     "world_facts_acc",
     "arithmetic_acc",
+    "forget_verbmem_rouge",  # MUSE
+    "forget_knowmem_rouge",
+    "retain_knowmem_rouge",
     "privleak",
     "mia_min_k_auc",
     "forget_cka_original",  # internal suite: hidden states still the original's on forget inputs?

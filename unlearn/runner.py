@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
 
 from unlearn.config import (
+    BENCHMARK_TRAIN,
     EMBEDDED_METHOD,
     EMBEDDED_METHOD_TRAIN,
     EMBEDDED_TRAIN,
@@ -25,11 +26,13 @@ from unlearn.config import (
     set_field,
 )
 from unlearn.data.benchmarks import DataFiles, check_split, data_hash, get_benchmark, load_sets
+from unlearn.data.muse import training_chunks
 from unlearn.errors import UnlearnError, unknown_name
 from unlearn.evaluate import EvalConfig, cached_evaluate, evaluate
 from unlearn.loop import clear_checkpoint
 from unlearn.methods import get_method
 from unlearn.metrics.cost import cost_metrics
+from unlearn.metrics.muse import MuseEvalConfig, add_privleak, cached_muse_evaluate, muse_evaluate
 from unlearn.store import atomic_write_jsonl, read_json, read_jsonl, run_dir
 from unlearn.targets.llm import PromptFormat, load_causal_lm, load_tokenizer, resolve_model_dir, save_model
 from unlearn.targets.resolve import Target, embedded_cfg, prompt_format, resolve_paths, tinyfacts_build_of
@@ -78,6 +81,9 @@ def prepare_configs(a: RunArgs, embedded: bool):
             set_field(tcfg, k, str(v))
         for k, v in EMBEDDED_METHOD.get(a.method, {}).items():
             set_field(mcfg, k, str(v))
+    else:  # a benchmark's reference recipe (MUSE), below --set
+        for k, v in BENCHMARK_TRAIN.get(a.benchmark, {}).items():
+            set_field(tcfg, k, str(v))
     apply_overrides(tcfg, mcfg, a.overrides)
     return spec, mcfg, tcfg
 
@@ -89,6 +95,24 @@ def _sets_for(tgt_cfg, benchmark: str, split: str, files: DataFiles):
 def _text_benchmark(benchmark: str) -> bool:
     """Whether a benchmark is evaluated by lm-eval tasks + held-out text NLL (WMDP), not the QA suite."""
     return get_benchmark(benchmark, "llm").evaluation == "lm_eval"
+
+
+def _muse_benchmark(benchmark: str) -> bool:
+    """Whether a benchmark is evaluated by MUSE's metrics (unlearn.metrics.muse)."""
+    return get_benchmark(benchmark, "llm").evaluation == "muse"
+
+
+def _muse_config(suite: str) -> MuseEvalConfig:
+    if suite == "internal":
+        raise UnlearnError("--suite internal is not available for MUSE (its sets are raw text and QA without options)")
+    return MuseEvalConfig(suite=suite)
+
+
+def _muse_oracle(oracle_dir: str | None, tok, sets, mcfg) -> dict | None:
+    """The retrained model's cached MUSE evaluation (for PrivLeak), or None without one."""
+    if not oracle_dir or mcfg.suite != "full":
+        return None
+    return cached_muse_evaluate(oracle_dir, lambda: load_causal_lm(oracle_dir), tok, sets, mcfg)
 
 
 def _text_eval(model, tok, sets, split: str, extra_tasks=(), trace: bool = False) -> dict:
@@ -183,12 +207,16 @@ def run(a: RunArgs, log=print, accelerator=None, trace_eval=None) -> Path:
     label = mspec.run_label(mcfg) if mspec.run_label is not None else a.method
     rdir = run_dir(a.out, a.benchmark, a.model, label, a.split, a.seed)
     main = accelerator is None or accelerator.is_main_process
+    muse = _muse_benchmark(a.benchmark)
+    ecfg = _muse_config(a.suite) if muse else EvalConfig(suite=a.suite)
     spec, tdir, odir, orig, bcfg = resolve_paths(a.model, a.benchmark, a.split, log=log)
-    tok = load_tokenizer(tdir)
+    tok = load_tokenizer(spec.tokenizer or tdir)
     start_dir, start_metrics = tdir, {}
     fmt = prompt_format(a.prompt, tok, bool(spec.embedded), a.model)
     sets, forget, retain_train = _sets_for(bcfg, a.benchmark, a.split, a.files)
-    ecfg = EvalConfig(suite=a.suite)
+    if muse:  # the corpora as the references train on them: fixed-length chunks, every token a label
+        forget = training_chunks(tok, forget, tcfg.max_length)
+        retain_train = training_chunks(tok, retain_train, tcfg.max_length)
     if mspec.start_from is not None:  # the method unlearns from weights of its own (DP2Unlearning's DP base)
         user_keys = {k.split(".")[-1] for k, _ in a.overrides}
         ctx = {"build": bcfg, "target": tdir, "oracle": odir, "n_retain": len(retain_train), "user_keys": user_keys,
@@ -211,6 +239,7 @@ def run(a: RunArgs, log=print, accelerator=None, trace_eval=None) -> Path:
     }
     provenance = {
         "model_path": tdir,
+        "tokenizer_path": spec.tokenizer or tdir,
         "oracle_path": odir,
         "original_path": orig,
         "weights_hash": files_hash(tdir),
@@ -239,6 +268,8 @@ def run(a: RunArgs, log=print, accelerator=None, trace_eval=None) -> Path:
                 return trace_eval(model)
             if text:
                 return _text_eval(model, tgt.tokenizer, sets, a.split, trace=True)
+            if muse:
+                return muse_evaluate(model, tgt.tokenizer, sets, replace(ecfg, suite="basic"))[0]
             basic = {k: sets[k] for k in ("forget", "retain")}
             return evaluate(model, tgt.tokenizer, tgt.fmt, basic, EvalConfig(suite="basic"))[0]
 
@@ -248,6 +279,8 @@ def run(a: RunArgs, log=print, accelerator=None, trace_eval=None) -> Path:
         )  # fmt: skip
         if text:  # WMDP: lm-eval task accuracy + held-out text NLL; no QA suite, oracle or internal suite
             metrics, examples = _text_eval(model, tok, sets, a.split), []
+        elif muse:  # MUSE: VerbMem, KnowMem, PrivLeak against the retrained model
+            metrics, examples = muse_evaluate(model, tok, sets, ecfg, oracle=_muse_oracle(odir, tok, sets, ecfg))
         else:
             oracle = _oracle_eval(odir, tok, fmt, sets, ecfg)
             metrics, examples = evaluate(model, tok, fmt, sets, ecfg, oracle=oracle, accelerator=accelerator)
@@ -293,6 +326,8 @@ def evaluate_checkpoint(a: EvalArgs, log=print, accelerator=None) -> tuple[dict,
     check_split(a.benchmark, a.split)
     check_suite(a.suite)
     main = accelerator is None or accelerator.is_main_process
+    muse = _muse_benchmark(a.benchmark)
+    ecfg = _muse_config(a.suite) if muse else EvalConfig(suite=a.suite)
     spec, tdir, odir, orig, bcfg = resolve_paths(a.model, a.benchmark, a.split, need_oracle=not a.no_oracle, log=log)
     if a.oracle:
         resolve_model_dir(a.oracle)  # fail early, with the usual one-line errors
@@ -302,10 +337,9 @@ def evaluate_checkpoint(a: EvalArgs, log=print, accelerator=None) -> tuple[dict,
         orig = a.original
     if a.no_oracle:
         odir = None
-    tok = load_tokenizer(tdir)
+    tok = load_tokenizer(spec.tokenizer or tdir)
     fmt = prompt_format(a.prompt, tok, bool(spec.embedded), a.model)
     sets, _, retain_train = _sets_for(bcfg, a.benchmark, a.split, a.files)
-    ecfg = EvalConfig(suite=a.suite)
     claim = None
     if a.out:
         resolved = {"workflow": "eval", "model": a.model, "benchmark": a.benchmark, "split": a.split,
@@ -324,6 +358,9 @@ def evaluate_checkpoint(a: EvalArgs, log=print, accelerator=None) -> tuple[dict,
         if _text_benchmark(a.benchmark):  # WMDP: its lm-eval tasks (+ --lm-eval-tasks) and held-out text NLL
             oracle, examples = None, []
             metrics = _text_eval(model, tok, sets, a.split, list(a.lm_eval_tasks))
+        elif muse:
+            oracle = _muse_oracle(odir, tok, sets, ecfg)
+            metrics, examples = muse_evaluate(model, tok, sets, ecfg, oracle=oracle)
         else:
             oracle = _oracle_eval(odir, tok, fmt, sets, ecfg)
             metrics, examples = evaluate(model, tok, fmt, sets, ecfg, oracle=oracle, progress=main and a.progress,
@@ -365,6 +402,8 @@ def compare_table(rdir: Path, log=print) -> dict[str, dict]:
     spec = resolve_model(res["model"], res["benchmark"], res["split"])
     bcfg = embedded_cfg(spec) if spec.embedded else None
     model_path, oracle_path = prov.get("model_path"), prov.get("oracle_path")
+    if _muse_benchmark(res["benchmark"]):
+        return _muse_compare(rdir, res, prov)
     if spec.embedded:  # the embedded target may live elsewhere now (shipped assets vs a cache): resolve it again
         _, model_path, oracle_path, _, bcfg = resolve_paths(res["model"], res["benchmark"], res["split"], log=log)
     tok = load_tokenizer(model_path)
@@ -384,6 +423,20 @@ def compare_table(rdir: Path, log=print) -> dict[str, dict]:
         cols["target"].update(suite.cached(model_path, suite.original.load, "original")["metrics"])
         if "oracle" in cols:
             cols["oracle"].update(suite.cached(oracle_path, suite.oracle.load, "oracle")["metrics"])
+    return cols
+
+
+def _muse_compare(rdir: Path, res: dict, prov: dict) -> dict[str, dict]:
+    """MUSE: the target before unlearning, the unlearned model and the retrained model (cached evaluations)."""
+    model_path, oracle_path = prov["model_path"], prov.get("oracle_path")
+    tok = load_tokenizer(prov.get("tokenizer_path") or model_path)
+    sets, _, _ = _sets_for(None, res["benchmark"], res["split"], DataFiles(**res["data_files"]))
+    mcfg = MuseEvalConfig(**res["eval_config"])
+    oracle = _muse_oracle(oracle_path, tok, sets, mcfg)
+    target = cached_muse_evaluate(model_path, lambda: load_causal_lm(model_path), tok, sets, mcfg)
+    cols = {"target": add_privleak(target["metrics"], oracle), res["method"]: read_json(Path(rdir) / "metrics.json")}
+    if oracle is not None:
+        cols["oracle"] = add_privleak(oracle["metrics"], oracle)  # the retrained model against itself: 0
     return cols
 
 

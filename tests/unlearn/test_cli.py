@@ -93,7 +93,7 @@ def test_rerun_refuses_without_force(npo_run, capsys):
             "unknown llm method 'uce'; valid: ga, graddiff, idkdpo, idknll, needle, npo, rmu, simnpo, undial",
         ),
         (["run", "--split", "forget42"], "unknown tinyfacts split 'forget42'; valid: forget01, forget05, forget10"),
-        (["run", "--benchmark", "muse"], "unknown llm benchmark 'muse'; valid: tinyfacts, tofu"),
+        (["run", "--benchmark", "muse"], "unknown llm benchmark 'muse'; valid: muse_books, muse_news, tinyfacts"),
         (["run", "--set", "lr=fast"], "--set lr=fast: expected float"),
         (["run", "--force", "--reuse"], "--force and --reuse contradict each other"),
         (["run", "--set", "lr=nan"], "--set lr=nan: must be a number, not nan"),

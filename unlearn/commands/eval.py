@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from unlearn.commands.erase import add_sd_args
-from unlearn.commands.run import add_claim_args, add_data_args, close_accelerator, make_accelerator
+from unlearn.commands.run import add_claim_args, add_data_args, close_accelerator, data_defaults, make_accelerator
 from unlearn.commands.table import format_table
 from unlearn.data.benchmarks import DataFiles
 
@@ -22,7 +22,7 @@ def register(sub) -> None:
     p.add_argument(
         "--model", default="tiny", help="alias, HF id or local dir (a diffusers dir or tinyshapes: diffusion)"
     )
-    add_data_args(p)
+    add_data_args(p, alias_defaults=True)
     p.add_argument("--out", help="the run directory to write (config.json, metrics.json, examples.jsonl)")
     p.add_argument("--lm-eval-tasks", help="comma-separated lm-eval tasks (built-in tinyfacts_* or any lm-eval task)")
     p.add_argument("--oracle", help="retain-only oracle to compare with (default: the target's known oracle)")
@@ -58,6 +58,7 @@ def run(args) -> int:
         return _run_diffusion(args)
     from unlearn.runner import EvalArgs, evaluate_checkpoint  # heavy (torch, transformers): inside the command
 
+    data_defaults(args)
     ea = EvalArgs(
         model=args.model, benchmark=args.benchmark, split=args.split, out=args.out,
         files=DataFiles(args.forget, args.retain, args.holdout), prompt=args.prompt, suite=args.suite,

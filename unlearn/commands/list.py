@@ -31,11 +31,13 @@ def run(args) -> int:
             sep = " | " if any("," in s for s in b.splits) else ","  # wmdp's "bio,cyber" is one split
             print(f"{b.name:12} {b.kind:10} {sep.join(b.splits) or '(concepts)':28} {b.description}")
     elif args.what == "models":
-        from unlearn.config import _TOFU_NAMES, MODEL_ALIASES
+        from unlearn.config import _TOFU_NAMES, MODEL_ALIASES, MUSE_MODELS
 
         for k, v in MODEL_ALIASES.items():
             tofu = f"  (--benchmark tofu: open-unlearning/tofu_{_TOFU_NAMES[k]}_full)" if k in _TOFU_NAMES else ""
             print(f"{k:10} {v}{tofu}{_embedded_note(v)}")
+        for k, (bench, target, retrain, tok) in MUSE_MODELS.items():
+            print(f"{k:10} {target}  (--benchmark {bench}; retrained oracle {retrain}; tokenizer {tok})")
     else:
         raise unknown_name("list", args.what, WHAT)
     return 0

@@ -8,11 +8,19 @@ from unlearn.data.benchmarks import DataFiles
 from unlearn.store import read_json
 
 
-def add_data_args(p) -> None:
-    p.add_argument("--benchmark", default="tinyfacts", help="tinyfacts | tofu | wmdp")
+def add_data_args(p, alias_defaults: bool = False) -> None:
+    """``alias_defaults``: --benchmark / --split default to the model alias's (`data_defaults`)."""
+    bench_help = "tinyfacts | tofu | wmdp | muse_news | muse_books"
+    if alias_defaults:
+        p.add_argument(
+            "--benchmark", help=f"{bench_help} (default: the alias's, e.g. muse_news for muse-news; else tinyfacts)"
+        )
+    else:
+        p.add_argument("--benchmark", default="tinyfacts", help=bench_help)
     p.add_argument(
-        "--split", default="forget10", help="forget01 | forget05 | forget10 (wmdp: bio | cyber | bio,cyber)"
-    )
+        "--split", default=None if alias_defaults else "forget10",
+        help="forget01 | forget05 | forget10 (wmdp: bio | cyber | bio,cyber; muse: forget)",
+    )  # fmt: skip
     p.add_argument("--forget", help='your own forget set (JSONL in the TOFU schema; wmdp: one {"text": ...} per line)')
     p.add_argument("--retain", help="your own retain set (JSONL; wmdp: text records)")
     p.add_argument("--holdout", help="your own holdout set (JSONL, never trained on; for MIA)")
@@ -23,6 +31,19 @@ def add_data_args(p) -> None:
         help="metric suite: basic | full (logit + internal) | internal (representation, probes, "
         "lens, concept vectors only)",
     )
+
+
+def data_defaults(args) -> None:
+    """Fill an unset --benchmark with the model alias's benchmark (else tinyfacts) and an unset --split with the
+    benchmark's default split (forget10 where it has one)."""
+    from unlearn.config import ALIAS_BENCHMARKS
+    from unlearn.data.benchmarks import BENCHMARKS
+
+    if args.benchmark is None:
+        args.benchmark = ALIAS_BENCHMARKS.get(args.model, "tinyfacts")
+    if args.split is None:
+        b = BENCHMARKS.get(args.benchmark)
+        args.split = b.default_split if b is not None and b.splits else "forget10"
 
 
 def add_claim_args(p) -> None:
@@ -71,7 +92,7 @@ def register(sub) -> None:
     p.add_argument("--model", default="tiny", help="alias (see `unlearn list models`), HF id or local dir")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="runs", help="root of the run tree")
-    add_data_args(p)
+    add_data_args(p, alias_defaults=True)
     add_override_args(p)
     add_claim_args(p)
     p.add_argument("--save-model", action="store_true", help="keep the unlearned model (safetensors) in model/")
@@ -84,6 +105,7 @@ def run(args) -> int:
     from unlearn.runner import RunArgs, compare_table  # heavy (torch, transformers): inside the command
     from unlearn.runner import run as run_workflow
 
+    data_defaults(args)
     ra = RunArgs(
         method=args.method, model=args.model, benchmark=args.benchmark, split=args.split, seed=args.seed,
         out=args.out, overrides=overrides_of(args), force=args.force, reuse=args.reuse, save_model=args.save_model,
@@ -94,7 +116,7 @@ def run(args) -> int:
         from unlearn.data.benchmarks import get_benchmark
         from unlearn.errors import UnlearnError
 
-        if get_benchmark(args.benchmark, "llm").evaluation != "suite":
+        if get_benchmark(args.benchmark, "llm").evaluation not in ("suite", "muse"):
             raise UnlearnError(f"--compare is not available for --benchmark {args.benchmark} (no QA suite, no oracle)")
     accelerator = make_accelerator()
     try:

@@ -18,6 +18,7 @@ import hashlib
 import json
 from dataclasses import dataclass
 
+from unlearn.data import muse
 from unlearn.data.schema import load_records
 from unlearn.data.tinyfacts import RETAIN_OF, TinyFactsConfig, generate
 from unlearn.data.tofu import load_tofu
@@ -33,6 +34,12 @@ class Benchmark:
     splits: tuple[str, ...]  # forget splits (LLM) or "" for concept-keyed diffusion benchmarks
     description: str
     evaluation: str = "suite"  # suite: the QA metric suite (unlearn.evaluate) | lm_eval: lm-eval tasks + text NLL
+    #                            | muse: MUSE's VerbMem / KnowMem / PrivLeak (unlearn.metrics.muse)
+
+    @property
+    def default_split(self) -> str:
+        """The split a run uses when none is given: forget10 where there is one, else the first."""
+        return "forget10" if "forget10" in self.splits else self.splits[0]
 
 
 BENCHMARKS: dict[str, Benchmark] = {
@@ -43,6 +50,12 @@ BENCHMARKS: dict[str, Benchmark] = {
     "wmdp": Benchmark("wmdp", "llm", WMDP_SPLITS,
                       "WMDP (cais/wmdp): raw-text forget/retain corpora, lm-eval wmdp_* accuracy + held-out text NLL",
                       evaluation="lm_eval"),
+    "muse_news": Benchmark("muse_news", "llm", muse.SPLITS,
+                           "MUSE-News (muse-bench/MUSE-News): BBC news, raw-text unlearning, VerbMem, KnowMem, "
+                           "PrivLeak against the retrained model", evaluation="muse"),
+    "muse_books": Benchmark("muse_books", "llm", muse.SPLITS,
+                            "MUSE-Books (muse-bench/MUSE-Books): Harry Potter, raw-text unlearning, VerbMem, KnowMem, "
+                            "PrivLeak against the retrained model", evaluation="muse"),
     "tinyshapes": Benchmark("tinyshapes", "diffusion", (), "embedded text-to-image shapes, classifier judge"),
     "sd": Benchmark("sd", "diffusion", (), "a Stable Diffusion 1.x/2.x diffusers directory"),
 }  # fmt: skip
@@ -78,9 +91,14 @@ def load_sets(benchmark: str, split: str, files: DataFiles, tinyfacts: TinyFacts
     """(evaluation sets, forget training records, retain training records) of ``benchmark`` / ``split``.
 
     WMDP's sets are text (``{"text"}`` records; held-out ``forget`` / ``retain``) plus its multiple-choice test
-    sets (``wmdp_bio`` ...), see `unlearn.data.wmdp.load_wmdp`; ``--holdout`` does not apply to it.
+    sets (``wmdp_bio`` ...), see `unlearn.data.wmdp.load_wmdp`; ``--holdout`` does not apply to it. MUSE's sets
+    are its VerbMem / KnowMem / PrivLeak sets and ``{"text"}`` training documents, see `unlearn.data.muse.load_muse`.
     """
     check_split(benchmark, split)
+    if benchmark in muse.HUB:
+        if files.holdout:
+            raise UnlearnError(f"--holdout does not apply to --benchmark {benchmark} (its privleak holdout is used)")
+        return muse.load_muse(benchmark, split, files.forget, files.retain)
     if benchmark == "wmdp":
         if files.holdout:
             raise UnlearnError(

@@ -140,7 +140,8 @@ def load_wmdp(split: str, forget: str | None = None, retain: str | None = None):
 def write_hf_cache(repo: str, config: str, split: str, rows: dict[str, list], cache_dir: str | Path | None = None,
                    revision: str = "0" * 40) -> Path:  # fmt: skip
     """Write ``rows`` (column -> values) where an offline ``datasets.load_dataset(repo, config, split=split)``
-    finds them: ``<cache>/<ns>___<name>/<config>/0.0.0/<revision>/{<name>-<split>.arrow, dataset_info.json}``.
+    finds them: ``<cache>/<ns>___<name>/<config>/0.0.0/<revision>/{<name>-<split>.arrow, dataset_info.json}``,
+    ``<name>`` being the repository name in datasets' snake case (``MUSE-News`` -> ``muse-news``).
 
     ``cache_dir`` defaults to ``datasets.config.HF_DATASETS_CACHE``. Returns the folder written.
     """
@@ -148,9 +149,10 @@ def write_hf_cache(repo: str, config: str, split: str, rows: dict[str, list], ca
     from datasets.arrow_writer import ArrowWriter
     from datasets.naming import camelcase_to_snakecase
 
-    ns, name = repo.split("/")
+    ns, repo_name = repo.split("/")
+    name = camelcase_to_snakecase(repo_name)  # datasets names the folder and the files so: MUSE-News -> muse-news
     root = Path(cache_dir or datasets.config.HF_DATASETS_CACHE)
-    d = root / f"{ns}___{camelcase_to_snakecase(name)}" / config / "0.0.0" / revision
+    d = root / f"{ns}___{name}" / config / "0.0.0" / revision
     d.mkdir(parents=True, exist_ok=True)
     ds = datasets.Dataset.from_dict(rows)
     with ArrowWriter(features=ds.features, path=str(d / f"{name}-{split}.arrow")) as w:

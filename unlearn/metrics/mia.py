@@ -242,7 +242,8 @@ for _name, _what in (
     ("mia_min_k_auc", "Min-K% Prob attack (mean of the lowest 40% token log-probs)"),
     ("mia_min_k_plus_plus_auc", "Min-K%++ attack (mean of the lowest 40% token z-scores (log p - mu) / sigma)"),
 ):
-    register_metric(_name, "mia", "oracle", f"{_what} on forget vs holdout answers: {_AUC_NOTE}", "[0, 1]")
+    _on = "on forget vs holdout answers" + (" (MUSE: its privleak texts)" if _name == "mia_min_k_auc" else "")
+    register_metric(_name, "mia", "oracle", f"{_what} {_on}: {_AUC_NOTE}", "[0, 1]")
 
 register_metric(
     "privleak",
