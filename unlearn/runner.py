@@ -211,7 +211,7 @@ def run(a: RunArgs, log=print, accelerator=None, trace_eval=None) -> Path:
     ecfg = _muse_config(a.suite) if muse else EvalConfig(suite=a.suite)
     spec, tdir, odir, orig, bcfg = resolve_paths(a.model, a.benchmark, a.split, log=log)
     tok = load_tokenizer(spec.tokenizer or tdir)
-    start_dir, start_metrics = tdir, {}
+    start_dir, start_info = tdir, {}
     fmt = prompt_format(a.prompt, tok, bool(spec.embedded), a.model)
     sets, forget, retain_train = _sets_for(bcfg, a.benchmark, a.split, a.files)
     if muse:  # the corpora as the references train on them: fixed-length chunks, every token a label
@@ -221,7 +221,7 @@ def run(a: RunArgs, log=print, accelerator=None, trace_eval=None) -> Path:
         user_keys = {k.split(".")[-1] for k, _ in a.overrides}
         ctx = {"build": bcfg, "target": tdir, "oracle": odir, "n_retain": len(retain_train), "user_keys": user_keys,
                "log": log, "progress": a.progress}  # fmt: skip
-        start_dir, start_metrics = mspec.start_from(mcfg, tcfg, ctx)
+        start_dir, start_info = mspec.start_from(mcfg, tcfg, ctx)
     resolved = {
         "workflow": "run",
         "method": a.method,
@@ -289,7 +289,10 @@ def run(a: RunArgs, log=print, accelerator=None, trace_eval=None) -> Path:
                 metrics.update(_internal(suite, model, accelerator, main, rdir))
         if main:
             metrics.update(cost_metrics(summary, time.time() - t0))
-            metrics.update(start_metrics)
+            if "dp_card" in start_info:  # a DP-trained starting model: its accountant's figures and one-off cost
+                from unlearn.metrics.privacy import dp_metrics
+
+                metrics.update(dp_metrics(start_info["dp_card"], start_info["retrain_steps"]))
             if a.save_model:
                 save_model(model, tok, rdir / "model")
             atomic_write_jsonl(rdir / "examples.jsonl", examples)

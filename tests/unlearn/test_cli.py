@@ -86,11 +86,11 @@ def test_rerun_refuses_without_force(npo_run, capsys):
     [
         (
             ["run", "--method", "nope"],
-            "unknown llm method 'nope'; valid: ga, graddiff, idkdpo, idknll, needle, npo, rmu, simnpo, undial",
+            "unknown llm method 'nope'; valid: dp2, ga, graddiff, idkdpo, idknll, needle, npo, rmu, simnpo, undial",
         ),
         (
             ["run", "--method", "uce"],
-            "unknown llm method 'uce'; valid: ga, graddiff, idkdpo, idknll, needle, npo, rmu, simnpo, undial",
+            "unknown llm method 'uce'; valid: dp2, ga, graddiff, idkdpo, idknll, needle, npo, rmu, simnpo, undial",
         ),
         (["run", "--split", "forget42"], "unknown tinyfacts split 'forget42'; valid: forget01, forget05, forget10"),
         (["run", "--benchmark", "muse"], "unknown llm benchmark 'muse'; valid: muse_books, muse_news, tinyfacts"),

@@ -21,8 +21,9 @@ Two shapes of method:
     refusal methods' "I don't know" answers), tokenized once and handed to the step as ``batch["forget_alt"]``, row
     for row with ``batch["forget"]``;
   - ``run_label(cfg) -> str``: the name a run of this configuration is filed under (ESD's variants: ``esd-x``);
-  - ``start_from(cfg, train_cfg, ctx) -> (weights dir, metrics)`` (LLM task): the weights to unlearn from instead
-    of the target's, with descriptive metrics to record (DP2Unlearning's DP base; it may set ``train_cfg.epochs``
+  - ``start_from(cfg, train_cfg, ctx) -> (weights dir, info)`` (LLM task): the weights to unlearn from instead
+    of the target's, with what the runner records about them (DP2Unlearning's DP base: its card, from which
+    `unlearn.metrics.privacy` computes the ``dp_*`` keys); it may set ``train_cfg.epochs``
     when ``ctx["user_keys"]`` lacks it); run before the run directory is claimed;
   - ``train_defaults``: ``{field: value}`` replacing the training config's defaults for this method (ESD's
     150 steps), applied before ``--config`` / ``--set``;
@@ -126,7 +127,7 @@ class MethodSpec:
     forget_targets: Callable | None = None  # (forget records, cfg, seed) -> [str]: batch["forget_alt"] answers
     run_label: Callable | None = None  # (cfg) -> run-directory / leaderboard name (ESD: esd-x, esd-u); None = name
     train_defaults: dict | None = None  # the method's own training-config defaults (steps, lr ...); --set wins
-    start_from: Callable | None = None  # (cfg, train cfg, ctx) -> (weights dir, metrics): DP2's DP base
+    start_from: Callable | None = None  # (cfg, train cfg, ctx) -> (weights dir, info): DP2's DP base
 
     @property
     def target(self) -> str:  # the older name of ``kind``

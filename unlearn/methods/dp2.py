@@ -27,7 +27,6 @@ import torch
 
 from unlearn.errors import UnlearnError
 from unlearn.methods import register_method
-from unlearn.metrics import register_metric
 
 
 @dataclass
@@ -60,7 +59,8 @@ def _dcfg(cfg: DP2Config, bcfg=None):
 
 
 def start_from(cfg: DP2Config, tcfg, ctx: dict) -> tuple[str, dict]:
-    """Build (or reuse) the DP base and return (its directory, descriptive metrics); sets ``tcfg.epochs`` to
+    """Build (or reuse) the DP base and return (its directory, {"dp_card", "retrain_steps"}: what the run's
+    ``dp_*`` keys are computed from, `unlearn.metrics.privacy.dp_metrics`); sets ``tcfg.epochs`` to
     ``steps_fraction`` of the oracle's steps unless the user set it.
 
     ``ctx``: ``build`` (the TinyFacts BuildConfig), ``target`` (target dir, for the tokenizer), ``oracle`` (the
@@ -80,42 +80,7 @@ def start_from(cfg: DP2Config, tcfg, ctx: dict) -> tuple[str, dict]:
         if math.ceil(tcfg.epochs * spe) > steps:  # float rounding must not add a step
             tcfg.epochs = math.nextafter(tcfg.epochs, 0.0)
     d = build_dp_base(ctx["build"], dcfg, ctx["target"], progress=ctx.get("progress", True), log=ctx["log"])
-    card = read_json(d / "card.json")
-    eps = card["epsilon"]
-    metrics = {
-        "dp_epsilon": math.inf if eps is None else eps,
-        "dp_delta": card["delta"],
-        "dp_privacy_unit": card["privacy_unit"],
-        "dp_noise_multiplier": card["noise_multiplier"],
-        "dp_sampling_rate": card["sample_rate"],
-        "dp_steps": card["steps"],
-        "dp_base_retain_acc": card["accuracy"][card["retain_of"]],
-        "dp_base_cost_steps": card["steps"] + card["public_stage"]["steps"],
-        "dp_base_cost_seconds": round(card["seconds"] + card["public_stage"]["seconds"], 1),
-        "dp_base_cost_tokens": card["tokens"],
-        "retrain_cost_steps": oracle_steps,
-    }
-    return str(d), metrics
-
-
-def _register_keys() -> None:
-    for name, desc in (
-        ("dp_epsilon", "the DP base's epsilon from the RDP accountant for the steps it took (inf: non-private)"),
-        ("dp_delta", "the DP base's delta"),
-        ("dp_privacy_unit", "what one clipped, sampled unit of the base's DP-SGD is: record | entity | none"),
-        ("dp_noise_multiplier", "DP-SGD noise multiplier sigma (noise std = sigma * clipping norm)"),
-        ("dp_sampling_rate", "Poisson sampling rate q of the privacy units per step"),
-        ("dp_steps", "DP-SGD steps of the base's private stage"),
-        ("dp_base_retain_acc", "exact match of the DP base on the retain split, before unlearning"),
-        ("dp_base_cost_steps", "optimizer steps of the DP base (public + private stage), paid once"),
-        ("dp_base_cost_seconds", "training seconds of the DP base, paid once before any deletion request"),
-        ("dp_base_cost_tokens", "tokens of the DP base's private stage (+ its public rows)"),
-        ("retrain_cost_steps", "optimizer steps of retraining from scratch on the retain data (the oracle)"),
-    ):
-        register_metric(name, "cost" if "cost" in name else "privacy", "none", desc)
-
-
-_register_keys()
+    return str(d), {"dp_card": read_json(d / "card.json"), "retrain_steps": oracle_steps}
 
 
 @register_method(
