@@ -126,7 +126,7 @@ def main() -> None:
         dirs = list(ex.map(lambda v: run_one(v[0], v[1], runs, args.seed), configs.values()))
     oracle = read_json(model_dir(bcfg, "oracle_forget10") / "card.json")
     rows = []
-    for (e, u, c), d in zip(configs.values(), dirs):
+    for (e, _u, c), d in zip(configs.values(), dirs):
         m = read_json(d / "metrics.json")
         card = read_json(Path(read_json(d / "config.json")["provenance"]["start_path"]) / "card.json")
         rows.append(
