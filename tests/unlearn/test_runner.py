@@ -52,20 +52,75 @@ def test_a_second_run_into_a_live_run_dir_exits_2_and_touches_nothing(tiny_targe
     assert steps == sorted(set(steps))  # one writer: no step written twice
 
 
-def test_cached_evaluation_key_follows_weights_format_and_config(tiny_target_dir, tmp_path):
+def test_cached_evaluation_recomputes_when_any_key_part_changes(tiny_target_dir, tmp_path, monkeypatch):
+    """`cached_evaluate` reuses a result only for the same weights, tokenizer, prompt format, data, evaluation
+    config, code version and oracle; changing any one of them evaluates again (counted by the loads)."""
     import shutil
 
-    from unlearn.evaluate import EvalConfig, cache_key
-    from unlearn.targets.llm import PromptFormat
+    import unlearn.evaluate as ev
+    from unlearn.evaluate import EvalConfig, cached_evaluate
+    from unlearn.targets.llm import PromptFormat, load_causal_lm, load_tokenizer
 
-    sets = {"forget": [{"question": "q", "answer": "a"}]}
+    monkeypatch.setenv("UNLEARN_HOME", str(tmp_path / "home"))
     d = tmp_path / "m"
     shutil.copytree(tiny_target_dir / "model", d)
-    k = cache_key(str(d), PromptFormat(), sets, EvalConfig(), None)
-    assert k == cache_key(str(d), PromptFormat(), sets, EvalConfig(), None)
-    assert k != cache_key(str(d), PromptFormat(template="Q: {question}\nA:"), sets, EvalConfig(), None)
-    assert k != cache_key(str(d), PromptFormat(), sets, EvalConfig(suite="basic"), None)
-    assert k != cache_key(str(d), PromptFormat(), {"forget": [{"question": "q", "answer": "b"}]}, EvalConfig(), None)
+    tok = load_tokenizer(str(d))
+    sets = {"forget": json.loads("[" + (tiny_target_dir / "forget.jsonl").read_text().splitlines()[0] + "]")}
+    loads = []
+
+    def run(tok=tok, fmt=PromptFormat(), sets=sets, cfg=EvalConfig(suite="basic"), oracle=None):
+        before = len(loads)
+        res = cached_evaluate(str(d), lambda: loads.append(1) or load_causal_lm(str(d)), tok, fmt, sets, cfg, oracle)
+        return res, len(loads) > before
+
+    first, computed = run()
+    assert computed and (tmp_path / "home" / "evals" / f"{first['key']}.json").exists()
+    assert run() == (first, False)  # unchanged: reused
+    other_tok = load_tokenizer(str(d))
+    other_tok.add_tokens(["<zq>"])
+    changed = {
+        "tokenizer": run(tok=other_tok),
+        "prompt format": run(fmt=PromptFormat(template="Q: {question}\nA:")),
+        "data": run(sets={"forget": [{**sets["forget"][0], "answer": "something else"}]}),
+        "evaluation config": run(cfg=EvalConfig(suite="basic", max_new_tokens=8)),
+        "oracle": run(oracle={"key": "another-oracle", "metrics": {}, "examples": []}),
+    }
+    monkeypatch.setattr(ev, "_code_version", lambda: "another-version")
+    changed["code version"] = run()
+    monkeypatch.undo()
+    monkeypatch.setenv("UNLEARN_HOME", str(tmp_path / "home"))
     w = d / "model.safetensors"
     w.write_bytes(w.read_bytes()[:-1] + bytes([w.read_bytes()[-1] ^ 1]))  # one bit of the weights
-    assert k != cache_key(str(d), PromptFormat(), sets, EvalConfig(), None)
+    changed["weights"] = run()
+    assert {k: c for k, (_, c) in changed.items()} == {k: True for k in changed}
+    assert len({r["key"] for r, _ in changed.values()} | {first["key"]}) == len(changed) + 1
+    assert run() == (changed["weights"][0], False)  # the new weights' result is reused in turn
+    assert run(oracle={"key": None, "metrics": {}, "examples": []})[0]["key"] is None  # unidentified: not cached
+
+
+def test_a_hub_snapshot_is_identified_by_its_files_not_its_id(tiny_target_dir, tmp_path, monkeypatch):
+    """A hub id's cache key comes from its cached snapshot (blob names of linked files, content otherwise): a new
+    revision of the same id is a new key, and an id that is not cached has none (loaded first, never reused)."""
+    import hashlib
+
+    import huggingface_hub.constants as hc
+
+    from tests.conftest import _hub_snapshot
+    from unlearn.workflow import weights_ident
+
+    monkeypatch.setattr(hc, "HF_HUB_CACHE", str(tmp_path / "hub"))  # read when called (the env var: at import)
+    snap = _hub_snapshot(tmp_path / "hub", "org/tiny")
+    snap.mkdir(parents=True)
+    blobs = snap.parents[1] / "blobs"
+    blobs.mkdir()
+    for f in (tiny_target_dir / "model").iterdir():  # the layout huggingface_hub downloads: links into blobs/
+        blob = blobs / hashlib.sha256(f.read_bytes()).hexdigest()
+        blob.write_bytes(f.read_bytes())
+        (snap / f.name).symlink_to(os.path.relpath(blob, snap))
+    a = weights_ident("org/tiny")
+    assert a is not None and a == weights_ident("org/tiny")
+    (snap / "model.safetensors").unlink()  # a new revision: other weights under the same file name
+    (blobs / "new").write_bytes(b"other weights")
+    (snap / "model.safetensors").symlink_to(os.path.relpath(blobs / "new", snap))
+    assert weights_ident("org/tiny") not in (a, None)
+    assert weights_ident("org/not-cached") is None and weights_ident(str(tmp_path / "nowhere" / "x")) is None
