@@ -152,3 +152,33 @@ def test_reuse_shows_a_finished_run_with_the_same_settings(npo_run, capsys):
     assert rc == 0 and "forget_acc" in stdout
     rc, _, err = _run([*base, "--set", "epochs=5", "--set", "lr=1e-3"], capsys)
     assert rc == 2 and "different resolved config" in err
+
+
+def test_eval_of_a_directory_on_tinyfacts_uses_the_embedded_oracle(capsys, micro_target, tmp_path):
+    """A copy of the micro target as a plain directory (its card naming the build, as a staged or saved model's
+    does) evaluated with --benchmark tinyfacts gets the build's shipped/built oracle: forget quality and PrivLeak
+    are numbers, and the very ones the alias gets for the same weights (they came out NaN for any directory)."""
+    import shutil
+
+    from unlearn.targets.build import get_preset
+    from unlearn.targets.resolve import tinyfacts_oracle
+
+    d = tmp_path / "copy"
+    shutil.copytree(micro_target / "target", d, ignore=shutil.ignore_patterns("card.json"))
+    card = {"tinyfacts_build": "micro", "build_digest": get_preset("micro").digest()}
+    (d / "card.json").write_text(json.dumps(card))
+    cols = {}
+    for model, out in ((str(d), "dir"), ("tiny-micro", "alias")):
+        rc, _, _ = _run(["eval", "--model", model, "--benchmark", "tinyfacts", "--out", str(tmp_path / out),
+                         "--no-progress"], capsys)  # fmt: skip
+        assert rc == 0
+        cols[out] = json.loads((tmp_path / out / "metrics.json").read_text())
+        resolved = json.loads((tmp_path / out / "config.json").read_text())["resolved"]
+        assert resolved["oracle"].endswith("oracle_forget10")
+    for k in ("forget_quality", "privleak"):
+        assert cols["dir"][k] is not None and cols["dir"][k] == cols["alias"][k], k
+    assert 0 <= cols["dir"]["forget_quality"] <= 1
+    notes = []
+    assert tinyfacts_oracle(get_preset("micro"), "forget05", notes.append) is None  # not built: none, and a note
+    assert "no built oracle_forget05" in notes[0]
+    assert tinyfacts_oracle(None, "forget10").endswith("assets/tinyfacts/oracle_forget10")  # no card: shipped one
