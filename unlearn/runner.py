@@ -182,7 +182,8 @@ def run(a: RunArgs, log=print, accelerator=None, trace_eval=None) -> Path:
     mspec, mcfg, tcfg = prepare_configs(a, bool(spec0.embedded) or tinyfacts_dir)
     rdir = run_dir(a.out, a.benchmark, a.model, a.method, a.split, a.seed)
     main = accelerator is None or accelerator.is_main_process
-    spec, tdir, odir, orig, bcfg = resolve_paths(a.model, a.benchmark, a.split, log=log)
+    own = any(asdict(a.files).values())
+    spec, tdir, odir, orig, bcfg = resolve_paths(a.model, a.benchmark, a.split, log=log, own_data=own)
     tok = load_tokenizer(tdir)
     fmt = prompt_format(a.prompt, tok, bool(spec.embedded), a.model)
     sets, forget, retain_train = _sets_for(bcfg, a.benchmark, a.split, a.files)
@@ -283,7 +284,8 @@ def evaluate_checkpoint(a: EvalArgs, log=print, accelerator=None) -> tuple[dict,
     check_split(a.benchmark, a.split)
     check_suite(a.suite)
     main = accelerator is None or accelerator.is_main_process
-    spec, tdir, odir, orig, bcfg = resolve_paths(a.model, a.benchmark, a.split, need_oracle=not a.no_oracle, log=log)
+    own = any(asdict(a.files).values())
+    spec, tdir, odir, orig, bcfg = resolve_paths(a.model, a.benchmark, a.split, not a.no_oracle, log, own)
     if a.oracle:
         resolve_model_dir(a.oracle)  # fail early, with the usual one-line errors
         odir = a.oracle

@@ -82,8 +82,11 @@ def tinyfacts_build_of(path: str) -> BuildConfig | None:
     return cfg
 
 
-def resolve_paths(alias: str, benchmark: str, split: str, need_oracle: bool = True, log=print):
-    """(spec, target dir, oracle dir, original dir, build config) without loading weights (builds if needed)."""
+def resolve_paths(alias: str, benchmark: str, split: str, need_oracle: bool = True, log=print, own_data: bool = False):
+    """(spec, target dir, oracle dir, original dir, build config) without loading weights (builds if needed).
+
+    ``own_data``: the user's own forget / retain / holdout files replace the benchmark's; a directory then gets no
+    TinyFacts oracle (that oracle was trained without the benchmark's forget split, not without the user's)."""
     spec = resolve_model(alias, benchmark, split)
     if spec.embedded:
         cfg = embedded_cfg(spec)
@@ -93,7 +96,7 @@ def resolve_paths(alias: str, benchmark: str, split: str, need_oracle: bool = Tr
     original = spec.target if spec.oracle else None  # a benchmark checkpoint: the _full model is the original
     cfg = tinyfacts_build_of(spec.target) if benchmark == "tinyfacts" else None
     oracle = spec.oracle
-    if benchmark == "tinyfacts" and oracle is None and need_oracle:
+    if benchmark == "tinyfacts" and oracle is None and need_oracle and not own_data:
         oracle = tinyfacts_oracle(cfg, split, log)
     return spec, spec.target, oracle, original, cfg
 
