@@ -1,6 +1,7 @@
 """End to end through the command line on the micro target: run dirs, refusal to overwrite, one-line errors."""
 
 import json
+import re
 
 import pytest
 
@@ -34,7 +35,8 @@ def npo_run(micro_target, tmp_path_factory):
         ]
     )
     assert rc == 0
-    return out / "tinyfacts" / "tiny-micro" / "npo" / "forget10" / "seed0"
+    (rdir,) = (out / "tinyfacts" / "tiny-micro").glob("npo+*/forget10/seed0")  # epochs 4, lr 1e-3: a variant
+    return rdir
 
 
 def test_run_writes_the_run_directory(npo_run, micro_target):
@@ -50,6 +52,8 @@ def test_run_writes_the_run_directory(npo_run, micro_target):
     assert m["cost_steps"] == 4 and m["cost_tokens"] > 0
     cfg = json.loads((npo_run / "config.json").read_text())["resolved"]
     assert cfg["method_config"]["beta"] == 1.0 and cfg["train_config"]["epochs"] == 4  # embedded NPO preset
+    assert cfg["variant"]["changed"] == {"train.epochs": 4, "train.lr": 1e-3}  # beta 1.0 is the preset: no change
+    assert npo_run.parts[-3] == cfg["run_label"] and re.fullmatch(r"npo\+[0-9a-f]{4}", cfg["run_label"])
     assert set(m) - {"schema_version"} and not check_keys(m)  # registered scalars only
     trace = [json.loads(line) for line in (npo_run / "trace.jsonl").read_text().splitlines()]
     assert [r["step"] for r in trace] == [1, 2, 3, 4]
@@ -150,7 +154,9 @@ def test_reuse_shows_a_finished_run_with_the_same_settings(npo_run, capsys):
     base = ["run", "--method", "npo", "--model", "tiny-micro", "--out", str(out), "--no-progress", "--reuse"]
     rc, stdout, _ = _run([*base, "--set", "epochs=4", "--set", "lr=1e-3"], capsys)
     assert rc == 0 and "forget_acc" in stdout
-    rc, _, err = _run([*base, "--set", "epochs=5", "--set", "lr=1e-3"], capsys)
+    # other settings file under another hash; forced into this run's folder by --name, they are refused
+    tag = npo_run.parts[-3].split("+", 1)[1]
+    rc, _, err = _run([*base, "--set", "epochs=5", "--set", "lr=1e-3", "--name", tag], capsys)
     assert rc == 2 and "different resolved config" in err
 
 

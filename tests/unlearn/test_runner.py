@@ -124,3 +124,40 @@ def test_a_hub_snapshot_is_identified_by_its_files_not_its_id(tiny_target_dir, t
     (snap / "model.safetensors").symlink_to(os.path.relpath(blobs / "new", snap))
     assert weights_ident("org/tiny") not in (a, None)
     assert weights_ident("org/not-cached") is None and weights_ident(str(tmp_path / "nowhere" / "x")) is None
+
+
+def test_run_label_files_variants_apart_and_presets_as_defaults(monkeypatch):
+    """The method folder: the embedded presets (lr 3e-4, NPO beta 1) and run knobs count as defaults; a changed
+    setting appends a stable 4-hex hash of the changes (1e-4 and 0.0001 are one value); --name TAG appends +TAG;
+    a method's own run label comes first and the settings it shows (label_keys) make no hash."""
+    import dataclasses
+    import re
+
+    import pytest
+
+    from unlearn.errors import UnlearnError
+    from unlearn.methods import METHODS, get_method
+    from unlearn.runner import RunArgs, run_label
+
+    def label(embedded=True, **kw):
+        return run_label(RunArgs(method=kw.pop("method", "npo"), **kw), embedded)
+
+    assert label()[0] == "npo"
+    presets = [("lr", "3e-4"), ("beta", "1.0"), ("eval_every", "3"), ("checkpoint_every", "2")]
+    assert label(overrides=presets)[0] == "npo"
+    lr, info = label(overrides=[("lr", "1e-4")])
+    assert re.fullmatch(r"npo\+[0-9a-f]{4}", lr) and info["changed"] == {"train.lr": 1e-4}
+    assert label(overrides=[("lr", "0.0001")])[0] == lr  # stable: the value, not its spelling
+    both = label(overrides=[("lr", "1e-4"), ("beta", "0.5")])[0]
+    assert both != lr and both == label(overrides=[("beta", "0.5"), ("lr", "1e-4")])[0]  # order-free
+    assert label(name="lr1e-4", overrides=[("lr", "1e-4")])[0] == "npo+lr1e-4"
+    assert label(embedded=False, overrides=[("lr", "1e-5")])[0] == "npo"  # real models: 1e-5 is the default
+    with pytest.raises(UnlearnError, match="--name 'a/b'"):
+        label(name="a/b")
+    spec = get_method("npo")  # a method whose label shows beta (as dp2's shows its unit and epsilon)
+    monkeypatch.setitem(METHODS, ("llm", "npo"), dataclasses.replace(
+        spec, run_label=lambda cfg: f"npo-b{cfg.beta:g}", label_keys=("beta",)))  # fmt: skip
+    assert label()[0] == "npo-b1"
+    assert label(overrides=[("beta", "0.5")])[0] == "npo-b0.5"
+    assert re.fullmatch(r"npo-b0\.5\+[0-9a-f]{4}", label(overrides=[("beta", "0.5"), ("lr", "1e-4")])[0])
+    assert label(name="try2", overrides=[("beta", "0.5")])[0] == "npo-b0.5+try2"
