@@ -147,10 +147,10 @@ def _text_eval(model, tok, sets, split: str, extra_tasks=(), trace: bool = False
     return wmdp_evaluate(model, tok, sets, split, extra_tasks)
 
 
-def _oracle_eval(oracle_dir: str | None, tok, fmt, sets, ecfg) -> dict | None:
-    """The oracle's cached evaluation (every process reads, or computes and atomically writes, the same file); only
-    the full suite compares with it (forget quality, PrivLeak)."""
-    if not oracle_dir or ecfg.suite != "full":
+def _oracle_eval(oracle_dir: str | None, tok, fmt, sets, ecfg, shown: bool = False) -> dict | None:
+    """The oracle's cached evaluation (every process reads, or computes and atomically writes, the same file): for
+    the full suite, whose forget quality and PrivLeak compare with it, or to be ``shown`` beside (``--compare``)."""
+    if not oracle_dir or ecfg.suite == "internal" or (ecfg.suite != "full" and not shown):
         return None
     return cached_evaluate(oracle_dir, lambda: load_causal_lm(oracle_dir), tok, fmt, sets, ecfg)
 
@@ -368,7 +368,7 @@ def evaluate_checkpoint(a: EvalArgs, log=print, accelerator=None) -> tuple[dict,
             oracle, examples = None, []
             metrics = _text_eval(model, tok, sets, a.split, list(a.lm_eval_tasks))
         else:
-            oracle = _oracle_eval(odir, tok, fmt, sets, ecfg)
+            oracle = _oracle_eval(odir, tok, fmt, sets, ecfg, shown=True)  # the table shows it beside
             metrics, examples = evaluate(model, tok, fmt, sets, ecfg, oracle=oracle, progress=main and a.progress,
                                          accelerator=accelerator)  # fmt: skip
             if a.suite in INTERNAL_SUITES:
@@ -414,7 +414,7 @@ def compare_table(rdir: Path, log=print) -> dict[str, dict]:
     fmt = PromptFormat(**res["prompt_format"])
     sets, _, retain_train = _sets_for(bcfg, res["benchmark"], res["split"], DataFiles(**res["data_files"]))
     ecfg = EvalConfig(**res["eval_config"])
-    oracle = _oracle_eval(oracle_path, tok, fmt, sets, ecfg)
+    oracle = _oracle_eval(oracle_path, tok, fmt, sets, ecfg, shown=True)
     if ecfg.suite == "internal":
         target = {"metrics": {}}
     else:
