@@ -363,10 +363,11 @@ class InternalSuite:
         def ident(fm):
             return None if fm is None else (weights_ident(fm.path) or f"unidentified:{fm.path}")
 
-        model = None
-        if weights_ident(path) is None:  # a hub id not on disk yet: load (download) first
+        model, own = None, weights_ident(path)
+        if own is None:  # a hub id not on disk yet: load (download) first, then its snapshot identifies it
             model = load()
-        parts = [ident(FixedModel(path, None)), tokenizer_hash(self.tok), asdict(self.fmt), data_hash(self.sets),
+            own = weights_ident(path)
+        parts = [own or f"unidentified:{path}", tokenizer_hash(self.tok), asdict(self.fmt), data_hash(self.sets),
                  data_hash({"probe": self.probe_train}), asdict(self.cfg or InternalConfig()), self_ref,
                  ident(self.original), ident(self.oracle), _suite_code_version()]  # fmt: skip
         key = hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
