@@ -27,6 +27,8 @@ class LoraConfig:
     dropout: float = 0.0  # LoRA dropout
     target_modules: str = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"  # comma-separated
 
+    RANGES: ClassVar[dict[str, str]] = {"r": ">= 0", "alpha": "> 0", "dropout": ">= 0; < 1"}
+
 
 @dataclass
 class TrainConfig:
@@ -257,8 +259,9 @@ _OPS = {">": lambda a, b: a > b, ">=": lambda a, b: a >= b, "<": lambda a, b: a 
 
 
 def check_range(obj, name: str, v: Any, what: str) -> None:
-    """Check ``v`` against ``type(obj).RANGES[name]`` ("> 0", ">= 1", "in [0, 1]", "inf ok; > 0"); floats must be
-    finite unless their range says ``inf ok``. Raises UnlearnError naming ``what``."""
+    """Check ``v`` against ``type(obj).RANGES[name]`` ("> 0", ">= 1", "in [0, 1]", "inf ok; > 0", "any"); floats must
+    be finite unless their range says ``inf ok``; ``any`` declares that every finite value is meaningful (a margin
+    of either sign). Raises UnlearnError naming ``what``."""
     spec = getattr(type(obj), "RANGES", {}).get(name, "")
     vals = v if isinstance(v, (list, tuple)) else [v]
     for x in vals:
@@ -273,7 +276,7 @@ def check_range(obj, name: str, v: Any, what: str) -> None:
                 lo, hi = (float(t) for t in part[4:].rstrip("]").split(","))
                 if not lo <= x <= hi:
                     raise UnlearnError(f"{what}: must be {part}")
-            elif part and part != "inf ok":
+            elif part and part not in ("inf ok", "any"):
                 op, bound = part.split()
                 if not _OPS[op](x, float(bound)):
                     raise UnlearnError(f"{what}: must be {part}")

@@ -42,8 +42,9 @@ from unlearn.targets.llm import (
     encode_qa,
     greedy_generate,
     token_logps,
+    tokenizer_hash,
 )
-from unlearn.workflow import files_hash
+from unlearn.workflow import weights_ident
 
 SETS = ("forget", "retain", "world_facts", "arithmetic", "real_authors", "bio_only")  # the order they are reported
 UTILITY_SETS = ("retain", "world_facts", "arithmetic", "real_authors")  # those present enter model_utility
@@ -411,18 +412,25 @@ def _mean(rows: list[dict], key: str) -> float:
 
 # ----------------------------------------------------------------------------------------------- cached evaluations
 def _code_version() -> str:
-    """A hash of the source files that decide an evaluation's numbers (so a code change never reuses a stale one)."""
+    """A hash of what decides an evaluation's numbers besides its inputs: the source files of the evaluation, its
+    metrics and the tokenization / generation helpers, the package version, and the transformers and torch versions
+    (a library upgrade can move generations), so a code change never reuses a stale result."""
+    import transformers
+
+    from unlearn import __version__
+
     root = Path(__file__).resolve().parent
-    h = hashlib.sha256()
+    h = hashlib.sha256(f"{__version__} {transformers.__version__} {torch.__version__}".encode())
     for rel in ("evaluate.py", "metrics/logit.py", "metrics/mia.py", "targets/llm.py"):
         h.update((root / rel).read_bytes())
     return h.hexdigest()[:12]
 
 
-def cache_key(model_path: str, fmt: PromptFormat, sets: dict, cfg: EvalConfig, oracle: dict | None) -> str:
-    """Key of a fixed model's evaluation: weights + tokenizer files, prompt format, data, config, code version."""
-    ident = files_hash(model_path) if Path(model_path).is_dir() else model_path  # hub ids: the id (revision-free)
-    parts = [ident, asdict(fmt), data_hash(sets), asdict(cfg), _code_version(),
+def cache_key(ident: str, tok, fmt: PromptFormat, sets: dict, cfg: EvalConfig, oracle: dict | None) -> str:
+    """Key of a fixed model's evaluation: its weights and files (``ident``: `unlearn.workflow.weights_ident`), the
+    tokenizer it is evaluated with (an oracle is scored with the target's), prompt format, data, evaluation config,
+    code version and the oracle evaluation it is compared with."""
+    parts = [ident, tokenizer_hash(tok), asdict(fmt), data_hash(sets), asdict(cfg), _code_version(),
              None if oracle is None else oracle.get("key")]  # fmt: skip
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -430,13 +438,21 @@ def cache_key(model_path: str, fmt: PromptFormat, sets: dict, cfg: EvalConfig, o
 def cached_evaluate(model_path: str, load, tok, fmt: PromptFormat, sets: dict, cfg: EvalConfig, oracle=None) -> dict:
     """Evaluate a fixed model (target / oracle) once per `cache_key`; cached under ``$UNLEARN_HOME/evals``.
 
-    ``load()`` is called only on a cache miss. Returns ``{"key", "model", "metrics", "examples"}``.
+    ``load()`` is called only on a cache miss, or first for a hub id not yet on disk (its snapshot, once
+    downloaded, identifies the weights); a model whose files cannot be identified is evaluated and not cached.
+    Returns ``{"key", "model", "metrics", "examples"}`` (``key`` None when not cached).
     """
-    key = cache_key(model_path, fmt, sets, cfg, oracle)
+    model, ident = None, weights_ident(model_path)
+    if ident is None:
+        model = load()
+        ident = weights_ident(model_path)
+    unknown = ident is None or (oracle is not None and oracle.get("key") is None)  # compared with an uncached oracle
+    key = None if unknown else cache_key(ident, tok, fmt, sets, cfg, oracle)
     p = unlearn_home() / "evals" / f"{key}.json"
-    if p.exists():
+    if key is not None and p.exists():
         return read_json(p)
-    m, ex = evaluate(load(), tok, fmt, sets, cfg, oracle=oracle)
+    m, ex = evaluate(model if model is not None else load(), tok, fmt, sets, cfg, oracle=oracle)
     res = {"key": key, "model": model_path, "metrics": m, "examples": ex}
-    atomic_write_json(p, res)
+    if key is not None:
+        atomic_write_json(p, res)
     return res

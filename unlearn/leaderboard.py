@@ -18,7 +18,8 @@ Outputs (in ``out``):
 
 Diffusion runs (``unlearn erase``, and ``unlearn eval`` of a diffusion checkpoint) are kept apart from the LLM
 runs — their metrics are another vocabulary — and written beside them, with the concept as the split and the run
-directory's method name (``esd-x``, ``uce-phrases``) as the method:
+directory's method name (``esd-x``, ``uce-phrases``) as the method (an LLM run's method is its run label, so a
+hyper-parameter variant ``npo+lr1e-4`` or ``npo+3f2a`` is a row of its own):
     leaderboard_diffusion.csv          one row per finished diffusion run, every metric
     leaderboard_diffusion_summary.csv  mean and sample std over seeds, as leaderboard_summary.csv
     leaderboard_diffusion.md           `DIFFUSION_HEADLINE` as mean ± std
@@ -91,6 +92,8 @@ def _identity(rdir: Path, runs: Path) -> dict:
         if "split" not in cfg and "concept" in cfg:  # erase runs: the concept plays the split's role
             ident["split"] = str(cfg["concept"])
         ident["seed"] = int(cfg.get("seed", ident["seed"]))
+        if cfg.get("run_label"):  # an LLM variant (npo+lr1e-4, npo+3f2a) is its own row, not one of npo's seeds
+            ident["method"] = str(cfg["run_label"])
         if cfg.get("workflow") == "erase" or cfg.get("kind") == "diffusion":
             ident["kind"] = "diffusion"
             # the run directory's name tells variants apart (esd-x / esd-u, uce / uce-phrases); config "method" not

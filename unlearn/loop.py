@@ -17,10 +17,10 @@ Extension points (see `unlearn.methods.MethodSpec`):
 * the caller's model wrapping (``wrap``: DDP through accelerate by default, ``fully_shard`` later) and an optimizer
   wrapper (``wrap_optimizer``: opacus later).
 
-Schedule: linear warm-up over ``warmup_epochs`` then linear decay to 0 (or constant). Data order: one step =
-``batch_size`` examples of the budget set (a fresh permutation per epoch, so an epoch covers each exactly once),
-each paired with an example of the other set drawn uniformly with replacement (TOFU's sampler). Both are pure
-functions of (seed, step): a resumed or multi-process run sees the same batches.
+Schedule: linear warm-up over ``warmup_epochs`` then linear decay to 0 (or constant), Hugging Face's formulas.
+Data order: one step = ``batch_size`` examples of the budget set (a fresh permutation per epoch, so an epoch
+covers each exactly once), each paired with an example of the other set drawn uniformly with replacement (TOFU's
+sampler). Both are pure functions of (seed, step): a resumed or multi-process run sees the same batches.
 """
 
 from __future__ import annotations
@@ -65,12 +65,17 @@ def total_steps(n_budget: int, cfg) -> tuple[int, int]:
 
 
 def lr_lambda(cfg, spe: int, total: int) -> Callable[[int], float]:
-    """LR multiplier at step s: linear warm-up over ``warmup_epochs``, then linear decay to 0 (or constant)."""
+    """LR multiplier at step s: linear warm-up over ``warmup_epochs``, then linear decay to 0 (or constant).
+
+    Hugging Face's ``get_linear_schedule_with_warmup`` / ``get_constant_schedule_with_warmup`` exactly (the
+    schedules open-unlearning trains with): ``s / warm`` during warm-up, so the first step of a warmed-up run
+    applies LR 0, then ``(total - s) / (total - warm)``.
+    """
     warm = int(round(cfg.warmup_epochs * spe))
 
     def f(s: int) -> float:
         if s < warm:
-            return (s + 1) / (warm + 1)
+            return s / max(1, warm)
         if cfg.schedule == "constant":
             return 1.0
         return max(0.0, (total - s) / max(1, total - warm))

@@ -8,7 +8,11 @@ run directory itself for `eval`.
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import json
 import os
+import re
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -64,6 +68,49 @@ class RunArgs:
     prompt: str | None = None
     suite: str = "full"
     progress: bool = True
+    name: str | None = None  # --name TAG: the run is filed under <method>+TAG
+
+
+# training settings that change how a run is computed (memory, resumption, tracing), not what it learns: setting
+# them makes no variant of its own
+RUN_KNOBS = ("micro_batch_size", "checkpoint_every", "eval_every", "gradient_checkpointing")
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
+
+
+def run_label(a: RunArgs, embedded: bool) -> tuple[str, dict]:
+    """The method folder a run is filed under, and the ``variant`` record config.json keeps of it.
+
+    The base is the method's own run label (``MethodSpec.run_label``, else its name). ``--name TAG`` appends
+    ``+TAG``; without it, the settings ``--config`` / ``--set`` change relative to the defaults (the embedded presets
+    count as defaults) append ``+`` and a 4-hex hash of those changes, so a hyper-parameter variant never shares a
+    directory (or a leaderboard row) with the defaults. Settings the base label already shows
+    (``MethodSpec.label_keys``) and `RUN_KNOBS` make no hash. Setting a value to its default changes nothing.
+    """
+    spec, mcfg, tcfg = prepare_configs(a, embedded)
+    _, m0, t0 = prepare_configs(dataclasses.replace(a, overrides=[]), embedded)
+    base = spec.run_label(mcfg) if spec.run_label is not None else a.method
+    encoded = set(spec.label_keys)
+    changed = {}
+    for group, now, before, skip in (("train", tcfg, t0, set(RUN_KNOBS)), ("method", mcfg, m0, set())):
+        fn, fb = _flat(asdict(now)), _flat(asdict(before))
+        for k in sorted(fn):
+            if fn[k] != fb[k] and k not in skip and k not in encoded and f"{group}.{k}" not in encoded:
+                changed[f"{group}.{k}"] = fn[k]
+    if a.name is not None:
+        if not re.fullmatch(r"[A-Za-z0-9._=-]+", a.name):
+            raise UnlearnError(f"--name {a.name!r}: use letters, digits and . _ = - only (it names a folder)")
+        label = f"{base}+{a.name}"
+    elif changed:
+        label = f"{base}+{hashlib.sha256(json.dumps(changed, sort_keys=True).encode()).hexdigest()[:4]}"
+    else:
+        label = base
+    return label, {"label": label, "name": a.name, "changed": changed}
 
 
 def prepare_configs(a: RunArgs, embedded: bool):
@@ -124,9 +171,10 @@ def _text_eval(model, tok, sets, split: str, extra_tasks=(), trace: bool = False
     return wmdp_evaluate(model, tok, sets, split, extra_tasks)
 
 
-def _oracle_eval(oracle_dir: str | None, tok, fmt, sets, ecfg) -> dict | None:
-    """The oracle's cached evaluation (every process reads, or computes and atomically writes, the same file)."""
-    if not oracle_dir or ecfg.suite == "internal":
+def _oracle_eval(oracle_dir: str | None, tok, fmt, sets, ecfg, shown: bool = False) -> dict | None:
+    """The oracle's cached evaluation (every process reads, or computes and atomically writes, the same file): for
+    the full suite, whose forget quality and PrivLeak compare with it, or to be ``shown`` beside (``--compare``)."""
+    if not oracle_dir or ecfg.suite == "internal" or (ecfg.suite != "full" and not shown):
         return None
     return cached_evaluate(oracle_dir, lambda: load_causal_lm(oracle_dir), tok, fmt, sets, ecfg)
 
@@ -204,12 +252,13 @@ def run(a: RunArgs, log=print, accelerator=None, trace_eval=None) -> Path:
     spec0 = resolve_model(a.model, a.benchmark, a.split)
     tinyfacts_dir = not spec0.embedded and a.benchmark == "tinyfacts" and tinyfacts_build_of(spec0.target) is not None
     mspec, mcfg, tcfg = prepare_configs(a, bool(spec0.embedded) or tinyfacts_dir)
-    label = mspec.run_label(mcfg) if mspec.run_label is not None else a.method
+    label, variant = run_label(a, bool(spec0.embedded) or tinyfacts_dir)
     rdir = run_dir(a.out, a.benchmark, a.model, label, a.split, a.seed)
     main = accelerator is None or accelerator.is_main_process
     muse = _muse_benchmark(a.benchmark)
     ecfg = _muse_config(a.suite) if muse else EvalConfig(suite=a.suite)
-    spec, tdir, odir, orig, bcfg = resolve_paths(a.model, a.benchmark, a.split, log=log)
+    own = any(asdict(a.files).values())
+    spec, tdir, odir, orig, bcfg = resolve_paths(a.model, a.benchmark, a.split, log=log, own_data=own)
     tok = load_tokenizer(spec.tokenizer or tdir)
     start_dir, start_info = tdir, {}
     fmt = prompt_format(a.prompt, tok, bool(spec.embedded), a.model)
@@ -225,6 +274,8 @@ def run(a: RunArgs, log=print, accelerator=None, trace_eval=None) -> Path:
     resolved = {
         "workflow": "run",
         "method": a.method,
+        "run_label": label,
+        "variant": variant,
         "model": a.model,
         "benchmark": a.benchmark,
         "split": a.split,
@@ -331,7 +382,8 @@ def evaluate_checkpoint(a: EvalArgs, log=print, accelerator=None) -> tuple[dict,
     main = accelerator is None or accelerator.is_main_process
     muse = _muse_benchmark(a.benchmark)
     ecfg = _muse_config(a.suite) if muse else EvalConfig(suite=a.suite)
-    spec, tdir, odir, orig, bcfg = resolve_paths(a.model, a.benchmark, a.split, need_oracle=not a.no_oracle, log=log)
+    own = any(asdict(a.files).values())
+    spec, tdir, odir, orig, bcfg = resolve_paths(a.model, a.benchmark, a.split, not a.no_oracle, log, own)
     if a.oracle:
         resolve_model_dir(a.oracle)  # fail early, with the usual one-line errors
         odir = a.oracle
@@ -365,7 +417,7 @@ def evaluate_checkpoint(a: EvalArgs, log=print, accelerator=None) -> tuple[dict,
             oracle = _muse_oracle(odir, tok, sets, ecfg)
             metrics, examples = muse_evaluate(model, tok, sets, ecfg, oracle=oracle)
         else:
-            oracle = _oracle_eval(odir, tok, fmt, sets, ecfg)
+            oracle = _oracle_eval(odir, tok, fmt, sets, ecfg, shown=True)  # the table shows it beside
             metrics, examples = evaluate(model, tok, fmt, sets, ecfg, oracle=oracle, progress=main and a.progress,
                                          accelerator=accelerator)  # fmt: skip
             if a.suite in INTERNAL_SUITES:
@@ -413,12 +465,13 @@ def compare_table(rdir: Path, log=print) -> dict[str, dict]:
     fmt = PromptFormat(**res["prompt_format"])
     sets, _, retain_train = _sets_for(bcfg, res["benchmark"], res["split"], DataFiles(**res["data_files"]))
     ecfg = EvalConfig(**res["eval_config"])
-    oracle = _oracle_eval(oracle_path, tok, fmt, sets, ecfg)
+    oracle = _oracle_eval(oracle_path, tok, fmt, sets, ecfg, shown=True)
     if ecfg.suite == "internal":
         target = {"metrics": {}}
     else:
         target = cached_evaluate(model_path, lambda: load_causal_lm(model_path), tok, fmt, sets, ecfg, oracle=oracle)
-    cols = {"target": dict(target["metrics"]), res["method"]: read_json(Path(rdir) / "metrics.json")}
+    label = res.get("run_label") or res["method"]
+    cols = {"target": dict(target["metrics"]), label: read_json(Path(rdir) / "metrics.json")}
     if oracle_path and (oracle or ecfg.suite == "internal"):
         cols["oracle"] = dict(oracle["metrics"]) if oracle else {}
     if ecfg.suite in INTERNAL_SUITES:  # the two ends of the internal scale: the original itself and the oracle

@@ -97,6 +97,36 @@ def files_hash(path: str | Path | None, patterns=("*.safetensors", "*.json", "*.
     return h.hexdigest()[:16]
 
 
+def weights_ident(path: str | Path | None) -> str | None:
+    """What identifies a fixed model's files in a cache key: `files_hash` of a local directory, or of a hub id's
+    cached snapshot (its latest cached revision), or None when neither is on disk.
+
+    A snapshot's files are links to blobs named by their content hash (sha256 for LFS weights, the git blob sha1
+    otherwise), so a snapshot is identified by those names without reading gigabytes of weights again.
+    """
+    import hashlib
+
+    if path is None:
+        return None
+    if Path(path).is_dir():
+        return files_hash(path)
+    if str(path).count("/") != 1:
+        return None
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import EntryNotFoundError
+
+    try:
+        snap = Path(snapshot_download(str(path), local_files_only=True))
+    except (OSError, ValueError, EntryNotFoundError):  # not cached (or not a repo id): the caller loads, then asks
+        return None
+    h = hashlib.sha256()
+    files = sorted({f for pat in ("*.safetensors", "*.json", "*.model", "*.txt") for f in snap.rglob(pat)})
+    for f in files:
+        h.update(str(f.relative_to(snap)).encode())
+        h.update(Path(os.readlink(f)).name.encode() if f.is_symlink() else f.read_bytes())
+    return h.hexdigest()[:16]
+
+
 # ----------------------------------------------------------------------------------------------- lock
 def _pid_alive(pid: int) -> bool:
     try:

@@ -1,6 +1,7 @@
 """End to end through the command line on the micro target: run dirs, refusal to overwrite, one-line errors."""
 
 import json
+import re
 
 import pytest
 
@@ -34,7 +35,8 @@ def npo_run(micro_target, tmp_path_factory):
         ]
     )
     assert rc == 0
-    return out / "tinyfacts" / "tiny-micro" / "npo" / "forget10" / "seed0"
+    (rdir,) = (out / "tinyfacts" / "tiny-micro").glob("npo+*/forget10/seed0")  # epochs 4, lr 1e-3: a variant
+    return rdir
 
 
 def test_run_writes_the_run_directory(npo_run, micro_target):
@@ -50,6 +52,8 @@ def test_run_writes_the_run_directory(npo_run, micro_target):
     assert m["cost_steps"] == 4 and m["cost_tokens"] > 0
     cfg = json.loads((npo_run / "config.json").read_text())["resolved"]
     assert cfg["method_config"]["beta"] == 1.0 and cfg["train_config"]["epochs"] == 4  # embedded NPO preset
+    assert cfg["variant"]["changed"] == {"train.epochs": 4, "train.lr": 1e-3}  # beta 1.0 is the preset: no change
+    assert npo_run.parts[-3] == cfg["run_label"] and re.fullmatch(r"npo\+[0-9a-f]{4}", cfg["run_label"])
     assert set(m) - {"schema_version"} and not check_keys(m)  # registered scalars only
     trace = [json.loads(line) for line in (npo_run / "trace.jsonl").read_text().splitlines()]
     assert [r["step"] for r in trace] == [1, 2, 3, 4]
@@ -100,6 +104,10 @@ def test_rerun_refuses_without_force(npo_run, capsys):
         (["run", "--set", "batch_size=0"], "--set batch_size=0: must be >= 1"),
         (["run", "--set", "epochs=-1"], "--set epochs=-1: must be > 0"),
         (["run", "--set", "beta=0"], "--set beta=0: must be > 0"),
+        (["run", "--set", "beta=-1"], "--set beta=-1: must be > 0"),
+        (["run", "--set", "beta=nan"], "--set beta=nan: must be a number, not nan"),
+        (["run", "--set", "lora.r=-1"], "--set lora.r=-1: must be >= 0"),
+        (["run", "--method", "ga", "--set", "forget_weight=-1"], "--set forget_weight=-1: must be >= 0"),
         (["run", "--set", "lr=fast"], "--set lr=fast: expected float"),
         (["run", "--model", "/no/such/model"], "model directory not found"),
         (["list", "things"], "unknown list 'things'"),
@@ -146,5 +154,37 @@ def test_reuse_shows_a_finished_run_with_the_same_settings(npo_run, capsys):
     base = ["run", "--method", "npo", "--model", "tiny-micro", "--out", str(out), "--no-progress", "--reuse"]
     rc, stdout, _ = _run([*base, "--set", "epochs=4", "--set", "lr=1e-3"], capsys)
     assert rc == 0 and "forget_acc" in stdout
-    rc, _, err = _run([*base, "--set", "epochs=5", "--set", "lr=1e-3"], capsys)
+    # other settings file under another hash; forced into this run's folder by --name, they are refused
+    tag = npo_run.parts[-3].split("+", 1)[1]
+    rc, _, err = _run([*base, "--set", "epochs=5", "--set", "lr=1e-3", "--name", tag], capsys)
     assert rc == 2 and "different resolved config" in err
+
+
+def test_eval_of_a_directory_on_tinyfacts_uses_the_embedded_oracle(capsys, micro_target, tmp_path):
+    """A copy of the micro target as a plain directory (its card naming the build, as a staged or saved model's
+    does) evaluated with --benchmark tinyfacts gets the build's shipped/built oracle: forget quality and PrivLeak
+    are numbers, and the very ones the alias gets for the same weights (they came out NaN for any directory)."""
+    import shutil
+
+    from unlearn.targets.build import get_preset
+    from unlearn.targets.resolve import tinyfacts_oracle
+
+    d = tmp_path / "copy"
+    shutil.copytree(micro_target / "target", d, ignore=shutil.ignore_patterns("card.json"))
+    card = {"tinyfacts_build": "micro", "build_digest": get_preset("micro").digest()}
+    (d / "card.json").write_text(json.dumps(card))
+    cols = {}
+    for model, out in ((str(d), "dir"), ("tiny-micro", "alias")):
+        rc, _, _ = _run(["eval", "--model", model, "--benchmark", "tinyfacts", "--out", str(tmp_path / out),
+                         "--no-progress"], capsys)  # fmt: skip
+        assert rc == 0
+        cols[out] = json.loads((tmp_path / out / "metrics.json").read_text())
+        resolved = json.loads((tmp_path / out / "config.json").read_text())["resolved"]
+        assert resolved["oracle"].endswith("oracle_forget10")
+    for k in ("forget_quality", "privleak"):
+        assert cols["dir"][k] is not None and cols["dir"][k] == cols["alias"][k], k
+    assert 0 <= cols["dir"]["forget_quality"] <= 1
+    notes = []
+    assert tinyfacts_oracle(get_preset("micro"), "forget05", notes.append) is None  # not built: none, and a note
+    assert "no built oracle_forget05" in notes[0]
+    assert tinyfacts_oracle(None, "forget10").endswith("assets/tinyfacts/oracle_forget10")  # no card: shipped one

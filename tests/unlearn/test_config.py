@@ -1,9 +1,13 @@
+import dataclasses
+import typing
+
 import pytest
 
 from unlearn.config import (
     LoraConfig,
     TrainConfig,
     apply_overrides,
+    check_ranges,
     load_yaml_overrides,
     parse_overrides,
     resolve_model,
@@ -91,3 +95,72 @@ def test_model_aliases():
     assert resolve_model("org/some-model").target == "org/some-model"
     with pytest.raises(UnlearnError, match="embedded TinyFacts"):
         resolve_model("tiny", "tofu")
+
+
+def _set_configs() -> list[type]:
+    """Every config class `--set` reaches: training, LoRA, every method's (LLM and diffusion, nested ones too),
+    diffusion training / evaluation, the audit."""
+    from unlearn.audit.llm import AuditConfig
+    from unlearn.diffusion_train import DiffusionTrainConfig
+    from unlearn.methods import list_methods
+    from unlearn.metrics.diffusion import DiffusionEvalConfig
+
+    out = [TrainConfig, LoraConfig, DiffusionTrainConfig, DiffusionEvalConfig, AuditConfig]
+    todo = [s.config_cls for s in list_methods()]
+    while todo:
+        cls = todo.pop()
+        if cls not in out:
+            out.append(cls)
+            todo += [type(v) for v in vars(cls()).values() if dataclasses.is_dataclass(v)]
+    return out
+
+
+def _numeric(tp) -> bool:
+    args = typing.get_args(tp)
+    if tp in (int, float):
+        return True
+    return any(_numeric(a) for a in args if a is not type(None))
+
+
+def test_every_numeric_set_field_declares_its_range():
+    """A numeric field without a RANGES entry would accept any value (epochs=-1 ran and reported a "result"): each
+    one says what it accepts ("any" where every finite value means something), and the defaults satisfy it."""
+    missing = []
+    for cls in _set_configs():
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            if _numeric(hints[f.name]) and hints[f.name] is not bool and f.name not in getattr(cls, "RANGES", {}):
+                missing.append(f"{cls.__name__}.{f.name}")
+        check_ranges(cls())
+    assert not missing, missing
+
+
+@pytest.mark.parametrize(
+    "item, words",
+    [
+        ("lr=nan", "lr=nan: must be a number, not nan"),
+        ("lr=-1e-5", "must be > 0"),
+        ("lr=inf", "must be finite"),
+        ("epochs=0", "must be > 0"),
+        ("batch_size=0", "must be >= 1"),
+        ("warmup_epochs=-1", "must be >= 0"),
+        ("lora.r=-1", "lora.r=-1: must be >= 0"),
+        ("lora.dropout=1", "must be < 1"),
+        ("beta=-1", "beta=-1: must be > 0"),
+        ("beta=nan", "must be a number, not nan"),
+        ("method.retain_weight=-0.5", "must be >= 0"),
+    ],
+)
+def test_out_of_range_overrides_are_refused(item, words):
+    with pytest.raises(UnlearnError, match=words):
+        apply_overrides(TrainConfig(), NPOConfig(), parse_overrides([item]))
+
+
+def test_any_range_takes_every_finite_value_only():
+    from unlearn.methods.simnpo import SimNPOConfig
+
+    m = SimNPOConfig()
+    set_field(m, "margin", "-2.5")
+    assert m.margin == -2.5
+    with pytest.raises(UnlearnError, match="must be finite"):
+        set_field(m, "margin", "-inf")

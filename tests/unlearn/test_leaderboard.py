@@ -188,3 +188,20 @@ def test_only_diffusion_runs(tmp_path):
     _erase_run(root, "doco", "doco", 0, 1.0, 1.0)
     paths = write_leaderboard(root, tmp_path / "res")  # references: none are looked for (no LLM run)
     assert len(pd.read_csv(paths["csv"])) == 0 and len(pd.read_csv(paths["diffusion_csv"])) == 1
+
+
+def test_hyper_parameter_variants_are_rows_of_their_own(tmp_path):
+    """Runs filed as npo, npo+lr1e-4 and npo+3f2a (their config's run_label) are three rows, each with its seeds,
+    not six seeds of one npo row."""
+    root = tmp_path / "runs"
+    for label, fq in (("npo", 0.1), ("npo+lr1e-4", 0.2), ("npo+3f2a", 0.4)):
+        for seed in (0, 1):
+            d = _run(root, label, "forget10", seed, _m(fq, 0.5, 0.2), {"state": "finished"}, config=False)
+            (d / "config.json").write_text(json.dumps({"resolved": {
+                "workflow": "run", "benchmark": "tinyfacts", "model": "tiny", "method": "npo", "run_label": label,
+                "split": "forget10", "seed": seed}}))  # fmt: skip
+    rows, _ = collect(root)
+    s = summarize(rows)
+    got = {r["method"]: (r["n_seeds"], r["forget_quality_mean"]) for _, r in s.iterrows()}
+    assert got == {"npo": (2, pytest.approx(0.1)), "npo+lr1e-4": (2, pytest.approx(0.2)),
+                   "npo+3f2a": (2, pytest.approx(0.4))}  # fmt: skip

@@ -52,20 +52,112 @@ def test_a_second_run_into_a_live_run_dir_exits_2_and_touches_nothing(tiny_targe
     assert steps == sorted(set(steps))  # one writer: no step written twice
 
 
-def test_cached_evaluation_key_follows_weights_format_and_config(tiny_target_dir, tmp_path):
+def test_cached_evaluation_recomputes_when_any_key_part_changes(tiny_target_dir, tmp_path, monkeypatch):
+    """`cached_evaluate` reuses a result only for the same weights, tokenizer, prompt format, data, evaluation
+    config, code version and oracle; changing any one of them evaluates again (counted by the loads)."""
     import shutil
 
-    from unlearn.evaluate import EvalConfig, cache_key
-    from unlearn.targets.llm import PromptFormat
+    import unlearn.evaluate as ev
+    from unlearn.evaluate import EvalConfig, cached_evaluate
+    from unlearn.targets.llm import PromptFormat, load_causal_lm, load_tokenizer
 
-    sets = {"forget": [{"question": "q", "answer": "a"}]}
+    monkeypatch.setenv("UNLEARN_HOME", str(tmp_path / "home"))
     d = tmp_path / "m"
     shutil.copytree(tiny_target_dir / "model", d)
-    k = cache_key(str(d), PromptFormat(), sets, EvalConfig(), None)
-    assert k == cache_key(str(d), PromptFormat(), sets, EvalConfig(), None)
-    assert k != cache_key(str(d), PromptFormat(template="Q: {question}\nA:"), sets, EvalConfig(), None)
-    assert k != cache_key(str(d), PromptFormat(), sets, EvalConfig(suite="basic"), None)
-    assert k != cache_key(str(d), PromptFormat(), {"forget": [{"question": "q", "answer": "b"}]}, EvalConfig(), None)
+    tok = load_tokenizer(str(d))
+    sets = {"forget": json.loads("[" + (tiny_target_dir / "forget.jsonl").read_text().splitlines()[0] + "]")}
+    loads = []
+
+    def run(tok=tok, fmt=PromptFormat(), sets=sets, cfg=EvalConfig(suite="basic"), oracle=None):
+        before = len(loads)
+        res = cached_evaluate(str(d), lambda: loads.append(1) or load_causal_lm(str(d)), tok, fmt, sets, cfg, oracle)
+        return res, len(loads) > before
+
+    first, computed = run()
+    assert computed and (tmp_path / "home" / "evals" / f"{first['key']}.json").exists()
+    assert run() == (first, False)  # unchanged: reused
+    other_tok = load_tokenizer(str(d))
+    other_tok.add_tokens(["<zq>"])
+    changed = {
+        "tokenizer": run(tok=other_tok),
+        "prompt format": run(fmt=PromptFormat(template="Q: {question}\nA:")),
+        "data": run(sets={"forget": [{**sets["forget"][0], "answer": "something else"}]}),
+        "evaluation config": run(cfg=EvalConfig(suite="basic", max_new_tokens=8)),
+        "oracle": run(oracle={"key": "another-oracle", "metrics": {}, "examples": []}),
+    }
+    monkeypatch.setattr(ev, "_code_version", lambda: "another-version")
+    changed["code version"] = run()
+    monkeypatch.undo()
+    monkeypatch.setenv("UNLEARN_HOME", str(tmp_path / "home"))
     w = d / "model.safetensors"
     w.write_bytes(w.read_bytes()[:-1] + bytes([w.read_bytes()[-1] ^ 1]))  # one bit of the weights
-    assert k != cache_key(str(d), PromptFormat(), sets, EvalConfig(), None)
+    changed["weights"] = run()
+    assert {k: c for k, (_, c) in changed.items()} == {k: True for k in changed}
+    assert len({r["key"] for r, _ in changed.values()} | {first["key"]}) == len(changed) + 1
+    assert run() == (changed["weights"][0], False)  # the new weights' result is reused in turn
+    assert run(oracle={"key": None, "metrics": {}, "examples": []})[0]["key"] is None  # unidentified: not cached
+
+
+def test_a_hub_snapshot_is_identified_by_its_files_not_its_id(tiny_target_dir, tmp_path, monkeypatch):
+    """A hub id's cache key comes from its cached snapshot (blob names of linked files, content otherwise): a new
+    revision of the same id is a new key, and an id that is not cached has none (loaded first, never reused)."""
+    import hashlib
+
+    import huggingface_hub.constants as hc
+
+    from tests.conftest import _hub_snapshot
+    from unlearn.workflow import weights_ident
+
+    monkeypatch.setattr(hc, "HF_HUB_CACHE", str(tmp_path / "hub"))  # read when called (the env var: at import)
+    snap = _hub_snapshot(tmp_path / "hub", "org/tiny")
+    snap.mkdir(parents=True)
+    blobs = snap.parents[1] / "blobs"
+    blobs.mkdir()
+    for f in (tiny_target_dir / "model").iterdir():  # the layout huggingface_hub downloads: links into blobs/
+        blob = blobs / hashlib.sha256(f.read_bytes()).hexdigest()
+        blob.write_bytes(f.read_bytes())
+        (snap / f.name).symlink_to(os.path.relpath(blob, snap))
+    a = weights_ident("org/tiny")
+    assert a is not None and a == weights_ident("org/tiny")
+    (snap / "model.safetensors").unlink()  # a new revision: other weights under the same file name
+    (blobs / "new").write_bytes(b"other weights")
+    (snap / "model.safetensors").symlink_to(os.path.relpath(blobs / "new", snap))
+    assert weights_ident("org/tiny") not in (a, None)
+    assert weights_ident("org/not-cached") is None and weights_ident(str(tmp_path / "nowhere" / "x")) is None
+
+
+def test_run_label_files_variants_apart_and_presets_as_defaults(monkeypatch):
+    """The method folder: the embedded presets (lr 3e-4, NPO beta 1) and run knobs count as defaults; a changed
+    setting appends a stable 4-hex hash of the changes (1e-4 and 0.0001 are one value); --name TAG appends +TAG;
+    a method's own run label comes first and the settings it shows (label_keys) make no hash."""
+    import dataclasses
+    import re
+
+    import pytest
+
+    from unlearn.errors import UnlearnError
+    from unlearn.methods import METHODS, get_method
+    from unlearn.runner import RunArgs, run_label
+
+    def label(embedded=True, **kw):
+        return run_label(RunArgs(method=kw.pop("method", "npo"), **kw), embedded)
+
+    assert label()[0] == "npo"
+    presets = [("lr", "3e-4"), ("beta", "1.0"), ("eval_every", "3"), ("checkpoint_every", "2")]
+    assert label(overrides=presets)[0] == "npo"
+    lr, info = label(overrides=[("lr", "1e-4")])
+    assert re.fullmatch(r"npo\+[0-9a-f]{4}", lr) and info["changed"] == {"train.lr": 1e-4}
+    assert label(overrides=[("lr", "0.0001")])[0] == lr  # stable: the value, not its spelling
+    both = label(overrides=[("lr", "1e-4"), ("beta", "0.5")])[0]
+    assert both != lr and both == label(overrides=[("beta", "0.5"), ("lr", "1e-4")])[0]  # order-free
+    assert label(name="lr1e-4", overrides=[("lr", "1e-4")])[0] == "npo+lr1e-4"
+    assert label(embedded=False, overrides=[("lr", "1e-5")])[0] == "npo"  # real models: 1e-5 is the default
+    with pytest.raises(UnlearnError, match="--name 'a/b'"):
+        label(name="a/b")
+    spec = get_method("npo")  # a method whose label shows beta (as dp2's shows its unit and epsilon)
+    monkeypatch.setitem(METHODS, ("llm", "npo"), dataclasses.replace(
+        spec, run_label=lambda cfg: f"npo-b{cfg.beta:g}", label_keys=("beta",)))  # fmt: skip
+    assert label()[0] == "npo-b1"
+    assert label(overrides=[("beta", "0.5")])[0] == "npo-b0.5"
+    assert re.fullmatch(r"npo-b0\.5\+[0-9a-f]{4}", label(overrides=[("beta", "0.5"), ("lr", "1e-4")])[0])
+    assert label(name="try2", overrides=[("beta", "0.5")])[0] == "npo-b0.5+try2"

@@ -102,44 +102,70 @@ def test_total_steps():
 @pytest.mark.parametrize(
     ("warmup", "schedule", "expected"),
     [
-        # warm = 2 steps: (s+1)/(warm+1) = 1/3, 2/3; then (total - s)/(total - warm) = 4/4, 3/4, 2/4, 1/4
-        (1.0, "linear", [1 / 3, 2 / 3, 1.0, 3 / 4, 2 / 4, 1 / 4, 0.0]),
-        (1.0, "constant", [1 / 3, 2 / 3, 1.0, 1.0, 1.0, 1.0, 1.0]),
+        # warm = 2 steps: s/warm = 0, 1/2; then (total - s)/(total - warm) = 4/4, 3/4, 2/4, 1/4
+        (1.0, "linear", [0.0, 1 / 2, 1.0, 3 / 4, 2 / 4, 1 / 4, 0.0]),
+        (1.0, "constant", [0.0, 1 / 2, 1.0, 1.0, 1.0, 1.0, 1.0]),
         (0.0, "linear", [1.0, 5 / 6, 4 / 6, 3 / 6, 2 / 6, 1 / 6, 0.0]),
-        (0.5, "linear", [1 / 2, 1.0, 4 / 5, 3 / 5, 2 / 5, 1 / 5, 0.0]),  # warm = round(0.5 * 2) = 1
+        (0.5, "linear", [0.0, 1.0, 4 / 5, 3 / 5, 2 / 5, 1 / 5, 0.0]),  # warm = round(0.5 * 2) = 1
     ],
 )
 def test_lr_multipliers(warmup, schedule, expected):
-    """spe = 2, total = 6 (4 forget examples, batch 2, 3 epochs). The first step's LR is > 0 (HF's s/warm would
-    give 0: a wasted step), warm-up rises linearly to exactly 1 at the first decay step, decay reaches 0 at total."""
+    """spe = 2, total = 6 (4 forget examples, batch 2, 3 epochs), worked by hand: warm-up rises as s/warm from 0 to
+    exactly 1 at the first decay step (Hugging Face's formula), decay reaches 0 at total."""
     cfg = cfg32(batch_size=2, epochs=3, warmup_epochs=warmup, schedule=schedule)
     spe, total = total_steps(4, cfg)
     f = lr_lambda(cfg, spe, total)
-    got = [f(s) for s in range(total + 1)]
-    assert got == pytest.approx(expected, abs=1e-12)
-    assert got[0] > 0
+    assert [f(s) for s in range(total + 1)] == pytest.approx(expected, abs=1e-12)
+
+
+@pytest.mark.parametrize(("n", "batch", "epochs", "warmup"), [(4, 2, 3, 1.0), (10, 3, 2.5, 0.7), (7, 7, 5, 0.0),
+                                                              (32, 4, 10, 1.0), (5, 1, 1, 3.0)])  # fmt: skip
+@pytest.mark.parametrize("schedule", ["linear", "constant"])
+def test_lr_matches_transformers_schedules(n, batch, epochs, warmup, schedule):
+    """The LR the optimizer holds at every step equals that of transformers' own get_linear_schedule_with_warmup /
+    get_constant_schedule_with_warmup (open-unlearning's schedules) for the same warm-up and total steps, including
+    a warm-up longer than the run (5 steps, 15 warm-up steps)."""
+    from transformers import get_constant_schedule_with_warmup, get_linear_schedule_with_warmup
+
+    cfg = cfg32(lr=1.0, batch_size=batch, epochs=epochs, warmup_epochs=warmup, schedule=schedule)
+    spe, total = total_steps(n, cfg)
+    warm = int(round(warmup * spe))
+    ours = torch.optim.lr_scheduler.LambdaLR(torch.optim.SGD([torch.zeros(1)], lr=1.0), lr_lambda(cfg, spe, total))
+    opt = torch.optim.SGD([torch.zeros(1)], lr=1.0)
+    hf = (get_linear_schedule_with_warmup(opt, warm, total) if schedule == "linear"
+          else get_constant_schedule_with_warmup(opt, warm))  # fmt: skip
+    got, want = [], []
+    for _ in range(total):
+        got.append(ours.get_last_lr()[0])
+        want.append(hf.get_last_lr()[0])
+        ours.optimizer.step(), ours.step(), opt.step(), hf.step()
+    assert got == pytest.approx(want, abs=1e-15)
 
 
 def test_optimizer_applies_the_scheduled_lr_from_the_first_step():
     """Through setup's optimizer and scheduler: the LR the optimizer holds at each of the 6 steps is lr times the
-    multipliers above, and the first AdamW update moves weights by exactly lr/3 (Adam's first step is
-    lr * g/|g| elementwise, weight decay 0), so a first step with LR 0 or a scheduler stepped too early shows."""
-    cfg = cfg32(lr=1e-2, batch_size=2, epochs=3, warmup_epochs=1.0, weight_decay=0.0, max_grad_norm=0)
+    multipliers above, so the warmed-up first step moves no weight (LR 0, weight decay 0); without warm-up the first
+    AdamW update moves weights by exactly lr (Adam's first step is lr * g/|g| elementwise), so a scheduler stepped
+    too early (5/6 lr) shows."""
     f, r = qa_items(4, 1), qa_items(4, 3)
-    spe, total = total_steps(len(f), cfg)
     spec = get_method("ga")
-    loop = setup(tiny_lm(), f, spec, spec.config_cls(), cfg, 0, spe, total, None, SILENT)
-    lrs, moved = [], None
-    for s in range(total):
-        fi, ri = step_indices(s, len(f), len(r), cfg.batch_size, seed=0)
-        before = [p.detach().clone() for p in loop.params]
-        train_step(loop, [f[i] for i in fi], [r[i] for i in ri], fi)
-        lrs.append(loop.opt.param_groups[0]["lr"])
-        optimizer_step(loop)
-        if s == 0:
-            moved = max(float((p.detach() - b).abs().max()) for p, b in zip(loop.params, before))
-    assert lrs == pytest.approx([1e-2 * m for m in (1 / 3, 2 / 3, 1.0, 3 / 4, 2 / 4, 1 / 4)], rel=1e-9)
-    assert moved == pytest.approx(1e-2 / 3, rel=1e-4)
+    for warmup, first in ((1.0, 0.0), (0.0, 1e-2)):
+        cfg = cfg32(lr=1e-2, batch_size=2, epochs=3, warmup_epochs=warmup, weight_decay=0.0, max_grad_norm=0)
+        spe, total = total_steps(len(f), cfg)
+        loop = setup(tiny_lm(), f, spec, spec.config_cls(), cfg, 0, spe, total, None, SILENT)
+        lrs, moved = [], None
+        for s in range(total):
+            fi, ri = step_indices(s, len(f), len(r), cfg.batch_size, seed=0)
+            before = [p.detach().clone() for p in loop.params]
+            train_step(loop, [f[i] for i in fi], [r[i] for i in ri], fi)
+            lrs.append(loop.opt.param_groups[0]["lr"])
+            optimizer_step(loop)
+            if s == 0:
+                moved = max(float((p.detach() - b).abs().max()) for p, b in zip(loop.params, before))
+        mult = lr_lambda(cfg, spe, total)
+        assert lrs == pytest.approx([1e-2 * mult(s) for s in range(total)], rel=1e-9, abs=1e-15)
+        assert moved == pytest.approx(first, rel=1e-4, abs=1e-12)
+    assert lrs[0] == 1e-2  # the no-warm-up run: full rate from the first step
 
 
 # ----------------------------------------------------------------------------------------------- sampler
@@ -356,10 +382,10 @@ def test_checkpoint_then_resume_gives_identical_weights(tmp_path):
         return [(r["step"], r["loss"], r["lr"]) for r in rows if "loss" in r]
 
     ta, tb = trace(tmp_path / "a"), trace(tmp_path / "b")
-    # the trace records the rate each step applied: warm-up 1/4, 2/4, 3/4 then linear decay 3/3, 2/3, 1/3 (x lr)
+    # the trace records the rate each step applied: warm-up 0/3, 1/3, 2/3 then linear decay 3/3, 2/3, 1/3 (x lr)
     f = lr_lambda(tcfg, 3, 6)
     assert [lr for _, _, lr in ta] == pytest.approx([1e-2 * f(s) for s in range(6)], rel=1e-12)
-    assert ta[0][2] == pytest.approx(1e-2 / 4) and ta[-1][2] > 0
+    assert [lr for _, _, lr in ta] == pytest.approx([1e-2 * m for m in (0, 1 / 3, 2 / 3, 1, 2 / 3, 1 / 3)])
     assert [s for s, _, _ in tb] == list(range(1, 7))
     for (sa_, la, lra), (sb_, lb, lrb) in zip(ta, tb):
         assert sa_ == sb_ and la == pytest.approx(lb, rel=1e-6) and lra == pytest.approx(lrb, rel=1e-9)

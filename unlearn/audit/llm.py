@@ -91,7 +91,8 @@ class AuditConfig:
     batch_size: int = 64  # generation batch
 
     RANGES = {"relearn_steps": ">= 0", "relearn_lr": "> 0", "relearn_batch_size": ">= 1",
-              "relearn_fraction": "> 0; < 1", "in_context_facts": ">= 0", "batch_size": ">= 1"}  # fmt: skip
+              "relearn_fraction": "> 0; < 1", "in_context_facts": ">= 0", "batch_size": ">= 1",
+              "seed": ">= 0"}  # fmt: skip
 
     def check(self) -> None:
         check_ranges(self)

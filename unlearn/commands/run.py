@@ -95,6 +95,8 @@ def register(sub) -> None:
     add_data_args(p, alias_defaults=True)
     add_override_args(p)
     add_claim_args(p)
+    p.add_argument("--name", metavar="TAG", help="file the run under <method>+TAG (default: <method>, or <method>+"
+                   "<hash of the changed settings> when --set / --config change any)")  # fmt: skip
     p.add_argument("--save-model", action="store_true", help="keep the unlearned model (safetensors) in model/")
     p.add_argument("--compare", action="store_true", help="print target / unlearned / oracle side by side")
     p.add_argument("--no-progress", action="store_true")
@@ -110,7 +112,7 @@ def run(args) -> int:
         method=args.method, model=args.model, benchmark=args.benchmark, split=args.split, seed=args.seed,
         out=args.out, overrides=overrides_of(args), force=args.force, reuse=args.reuse, save_model=args.save_model,
         files=DataFiles(args.forget, args.retain, args.holdout), prompt=args.prompt, suite=args.suite,
-        progress=not args.no_progress,
+        progress=not args.no_progress, name=args.name,
     )  # fmt: skip
     if args.compare:  # fail before training, not after
         from unlearn.data.benchmarks import get_benchmark
@@ -129,5 +131,5 @@ def run(args) -> int:
     if args.compare:
         print(format_table(compare_table(rdir)))
     else:
-        print(format_table({args.method: read_json(rdir / "metrics.json")}))
+        print(format_table({rdir.parts[-3]: read_json(rdir / "metrics.json")}))
     return 0

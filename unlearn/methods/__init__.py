@@ -21,10 +21,15 @@ Two shapes of method:
     refusal methods' "I don't know" answers), tokenized once and handed to the step as ``batch["forget_alt"]``, row
     for row with ``batch["forget"]``;
   - ``run_label(cfg) -> str``: the name a run of this configuration is filed under (ESD's variants: ``esd-x``);
+    ``label_keys``: the settings that label already shows, as method-config field names (``variant``) or
+    ``train.<field>`` for training settings. `unlearn run` files a run under ``<run label>+<TAG>`` with ``--name``,
+    else ``<run label>+<hash>`` when ``--config`` / ``--set`` change any other setting from its default
+    (`unlearn.runner.run_label`): a label of ``dp2+<unit>-eps<E>`` with ``label_keys=("unit", "epsilon")`` keeps
+    ``dp2+example-eps8`` for ``--set epsilon=8`` and gives ``dp2+example-eps8+3f2a`` once ``lr`` changes too;
   - ``start_from(cfg, train_cfg, ctx) -> (weights dir, info)`` (LLM task): the weights to unlearn from instead
     of the target's, with what the runner records about them (DP2Unlearning's DP base: its card, from which
     `unlearn.metrics.privacy` computes the ``dp_*`` keys); it may set ``train_cfg.epochs``
-    when ``ctx["user_keys"]`` lacks it); run before the run directory is claimed;
+    when ``ctx["user_keys"]`` lacks it; runs before the run directory is claimed;
   - ``train_defaults``: ``{field: value}`` replacing the training config's defaults for this method (ESD's
     150 steps), applied before ``--config`` / ``--set``;
   - the LLM step context's ``hidden(*batches, layer=L, reference=False)`` returns the residual stream after
@@ -126,6 +131,7 @@ class MethodSpec:
     budget: str = "forget"  # forget | retain: the set an epoch passes over
     forget_targets: Callable | None = None  # (forget records, cfg, seed) -> [str]: batch["forget_alt"] answers
     run_label: Callable | None = None  # (cfg) -> run-directory / leaderboard name (ESD: esd-x, esd-u); None = name
+    label_keys: tuple = ()  # config fields run_label already shows (ESD: variant): no +hash of their own
     train_defaults: dict | None = None  # the method's own training-config defaults (steps, lr ...); --set wins
     start_from: Callable | None = None  # (cfg, train cfg, ctx) -> (weights dir, info): DP2's DP base
 

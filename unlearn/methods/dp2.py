@@ -89,6 +89,7 @@ def start_from(cfg: DP2Config, tcfg, ctx: dict) -> tuple[str, dict]:
     "DP2Unlearning: fine-tune an (epsilon, delta)-DP base on the retain split only",
     budget="retain",
     run_label=run_label,
+    label_keys=("epsilon", "privacy_unit"),
     start_from=start_from,
 )
 def step(ctx, batch, cfg: DP2Config):

@@ -107,7 +107,7 @@ def _prompts(ctx, pairs: dict, words: str | None) -> torch.Tensor:
 
 @register_method("esd", ESDConfig, "Erased Stable Diffusion: negative-guidance self-distillation, ESD-x / ESD-u "
                  "(Gandikota 2023)", kind="diffusion", trainable=trainable, needs_reference=lambda cfg: True,
-                 run_label=lambda cfg: f"esd-{cfg.variant}",
+                 run_label=lambda cfg: f"esd-{cfg.variant}", label_keys=("variant",),
                  # 150 AdamW steps at the suite's 1e-3 (the paper: 1000 Adam steps at 1e-5 on SD; 2025 code 200 at
                  # 5e-5): at 60 steps ESD-x erases 38 % of "circle" on TinyShapes, at 150 75 % (see ESDConfig)
                  train_defaults={"steps": 150})  # fmt: skip

@@ -9,6 +9,7 @@ use ``--method graddiff`` for that.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
@@ -22,6 +23,8 @@ class GAConfig:
     # all: every parameter; head: only the untied LM head and the final norm -- the "last-layer-only" unlearning
     # that Kim et al. 2025 (https://arxiv.org/abs/2503.06991) show fools logit metrics (docs/evaluators/)
     params: str = "all"
+
+    RANGES: ClassVar[dict[str, str]] = {"forget_weight": ">= 0"}
 
 
 def trainable(model, cfg: GAConfig):

@@ -10,7 +10,7 @@ passes, each with its own token mean. open-unlearning names the weights ``gamma`
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import ClassVar, Literal
 
 from unlearn.methods import register_method
 from unlearn.methods.ga import ga_loss
@@ -22,6 +22,8 @@ class GradDiffConfig:
     forget_weight: float = 1.0  # weight on the ascent term (open-unlearning gamma = 1)
     retain_weight: float = 1.0  # weight on the retain term (open-unlearning alpha = 1)
     retain: Literal["none", "nll", "kl", "kl_unmasked"] = "nll"  # retain-term variant
+
+    RANGES: ClassVar[dict[str, str]] = {"forget_weight": ">= 0", "retain_weight": ">= 0"}
 
 
 @register_method(

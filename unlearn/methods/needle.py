@@ -43,7 +43,7 @@ class NeedleConfig:
     noise_std: float = 0.0
     forget_weight: float = 1.0  # scale of the ascent term (the reference: 1)
 
-    RANGES: ClassVar[dict[str, str]] = {"noise_std": ">= 0"}
+    RANGES: ClassVar[dict[str, str]] = {"noise_std": ">= 0", "forget_weight": ">= 0"}
 
 
 def needle_loss(forget_logp: torch.Tensor, total_tokens: float | torch.Tensor) -> torch.Tensor:

@@ -41,7 +41,9 @@ class RMUConfig:
     params: Literal["down_proj", "all"] = "down_proj"
     seed: int = -1  # seed of the random direction u; -1 = the run seed
 
-    RANGES: ClassVar[dict[str, str]] = {"layer": ">= 0", "steer": ">= 0", "alpha": ">= 0", "layers": ">= 0"}
+    RANGES: ClassVar[dict[str, str]] = {
+        "layer": ">= 0", "steer": ">= 0", "alpha": ">= 0", "layers": ">= 0", "seed": ">= -1",
+    }  # fmt: skip
 
 
 def steer_direction(d: int, seed: int) -> torch.Tensor:

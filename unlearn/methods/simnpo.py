@@ -39,7 +39,9 @@ class SimNPOConfig:
     margin: float = 0.0  # code-form margin g = paper gamma / beta
     retain: Literal["none", "nll", "kl", "kl_unmasked"] = "nll"  # retain-term variant
 
-    RANGES: ClassVar[dict[str, str]] = {"beta": "> 0", "forget_weight": ">= 0", "retain_weight": ">= 0"}
+    RANGES: ClassVar[dict[str, str]] = {
+        "beta": "> 0", "forget_weight": ">= 0", "retain_weight": ">= 0", "margin": "any",
+    }  # fmt: skip
 
 
 def simnpo_loss(

@@ -64,7 +64,7 @@ class DiffusionEvalConfig:
     attack_reg: float = 1e-3  # λ of the closed-form adversarial-embedding attack
 
     RANGES: ClassVar[dict[str, str]] = {
-        "images_per_prompt": ">= 1", "sample_steps": ">= 1", "guidance": ">= 0", "attack_reg": "> 0",
+        "seed": ">= 0", "images_per_prompt": ">= 1", "sample_steps": ">= 1", "guidance": ">= 0", "attack_reg": "> 0",
     }  # fmt: skip
 
 

@@ -131,12 +131,13 @@ def _code_version() -> str:
     return h.hexdigest()[:12]
 
 
-def _key(path: str, fmt, recs: list[dict], position: str) -> str:
-    from unlearn.workflow import files_hash
+def _key(ident: str, tok, fmt, recs: list[dict], position: str) -> str:
+    """Key of a fixed model's hidden states: weights (`unlearn.workflow.weights_ident`), tokenizer, prompt format,
+    records, position and code version."""
+    from unlearn.targets.llm import tokenizer_hash
 
-    ident = files_hash(path) if Path(path).is_dir() else path
     data = hashlib.sha256(json.dumps([(r["question"], r["answer"]) for r in recs]).encode()).hexdigest()
-    parts = [ident, asdict(fmt), data, position, _code_version()]
+    parts = [ident, tokenizer_hash(tok), asdict(fmt), data, position, _code_version()]
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -157,15 +158,25 @@ def fixed_states(fm: FixedModel, tok, fmt, recs, cfg: InternalConfig):
     import torch
 
     from unlearn.store import unlearn_home
+    from unlearn.workflow import weights_ident
 
-    p = unlearn_home() / "hidden" / f"{_key(fm.path, fmt, recs, cfg.position)}.npz"
+    def model():
+        if fm.path not in _MEMO:
+            _MEMO.clear()  # one fixed model in memory at a time
+            _MEMO[fm.path] = fm.load()
+        return _MEMO[fm.path]
+
+    ident = weights_ident(fm.path)
+    if ident is None:  # a hub id not on disk yet: once loaded (downloaded), its snapshot identifies it
+        model()
+        ident = weights_ident(fm.path)
+    if ident is None:  # unidentifiable files: computed, never cached
+        return _states(model(), tok, fmt, recs, cfg)
+    p = unlearn_home() / "hidden" / f"{_key(ident, tok, fmt, recs, cfg.position)}.npz"
     if p.exists():
         z = np.load(p)
         return torch.from_numpy(z["states"]), torch.from_numpy(z["valid"])
-    if fm.path not in _MEMO:
-        _MEMO.clear()  # one fixed model in memory at a time
-        _MEMO[fm.path] = fm.load()
-    S, v = _states(_MEMO[fm.path], tok, fmt, recs, cfg)
+    S, v = _states(model(), tok, fmt, recs, cfg)
     p.parent.mkdir(parents=True, exist_ok=True)
     tmp = p.with_suffix(f".tmp{random.getrandbits(32)}.npz")
     np.savez(tmp, states=S.numpy(), valid=v.numpy())
@@ -342,24 +353,32 @@ class InternalSuite:
                                 vec, self.cfg, accelerator, self_ref)  # fmt: skip
 
     def cached(self, path: str, load, self_ref: str | None) -> dict:
-        """A fixed model's internal evaluation, once per key under ``$UNLEARN_HOME/internal``: metrics and layers."""
+        """A fixed model's internal evaluation, once per key under ``$UNLEARN_HOME/internal``: metrics and layers
+        (keyed by weights, tokenizer, prompt format, data, probe data, config, references and code version)."""
         from unlearn.data.benchmarks import data_hash
         from unlearn.store import atomic_write_json, read_json, unlearn_home
-        from unlearn.workflow import files_hash
+        from unlearn.targets.llm import tokenizer_hash
+        from unlearn.workflow import weights_ident
 
         def ident(fm):
-            return None if fm is None else (files_hash(fm.path) if Path(fm.path).is_dir() else fm.path)
+            return None if fm is None else (weights_ident(fm.path) or f"unidentified:{fm.path}")
 
-        parts = [ident(FixedModel(path, None)), asdict(self.fmt), data_hash(self.sets),
+        model, own = None, weights_ident(path)
+        if own is None:  # a hub id not on disk yet: load (download) first, then its snapshot identifies it
+            model = load()
+            own = weights_ident(path)
+        parts = [own or f"unidentified:{path}", tokenizer_hash(self.tok), asdict(self.fmt), data_hash(self.sets),
                  data_hash({"probe": self.probe_train}), asdict(self.cfg or InternalConfig()), self_ref,
                  ident(self.original), ident(self.oracle), _suite_code_version()]  # fmt: skip
         key = hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
         p = unlearn_home() / "internal" / f"{key}.json"
-        if p.exists():
+        cacheable = not parts[0].startswith("unidentified:")  # files that cannot be identified: never cached
+        if cacheable and p.exists():
             return read_json(p)
-        m, rows = self.evaluate(load(), self_ref=self_ref)
+        m, rows = self.evaluate(model if model is not None else load(), self_ref=self_ref)
         res = {"key": key, "model": path, "metrics": m, "layers": rows}
-        atomic_write_json(p, res)
+        if cacheable:
+            atomic_write_json(p, res)
         return res
 
 

@@ -196,6 +196,11 @@ def _built(d: Path, cfg: BuildConfig) -> bool:
     return _card_digest(d) == cfg.digest() and (d / "model.safetensors").exists()
 
 
+def is_built(cfg: BuildConfig, which: str) -> bool:
+    """Whether ``which`` (``target``, ``oracle_<split>``) of ``cfg`` is shipped or in the cache, without building."""
+    return _built(model_dir(cfg, which), cfg)
+
+
 # ----------------------------------------------------------------------------------------------- tokenizer
 def _all_texts(splits) -> list[str]:
     """The tokenizer's training text: every question (all templates), answer, perturbed answer and biography once.

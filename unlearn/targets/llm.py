@@ -118,6 +118,22 @@ def load_tokenizer(name: str):
     return tok
 
 
+def tokenizer_hash(tok) -> str:
+    """sha256 of what decides a tokenizer's ids and prompts, for cache keys: its class, its serialisation (a fast
+    tokenizer's vocabulary, merges, normalizer, added tokens; else the vocabulary), special tokens and padding
+    (the pad token `load_tokenizer` sets included) and its chat template."""
+    import hashlib
+    import json
+
+    backend = getattr(tok, "backend_tokenizer", None)
+    body = backend.to_str() if backend is not None else json.dumps(sorted(tok.get_vocab().items()))
+    meta = [type(tok).__name__, {k: str(v) for k, v in tok.special_tokens_map.items()}, tok.pad_token_id,
+            tok.padding_side, getattr(tok, "chat_template", None), getattr(tok, "add_bos_token", None)]  # fmt: skip
+    h = hashlib.sha256(body.encode())
+    h.update(json.dumps(meta, sort_keys=True, default=str).encode())
+    return h.hexdigest()[:16]
+
+
 def load_causal_lm(name: str, dtype: torch.dtype | None = None, device: str | torch.device | None = None):
     """Load a causal LM from a local directory or a cached hub id; safetensors only, no remote code."""
     from transformers import AutoConfig, AutoModelForCausalLM

@@ -5,6 +5,8 @@ is compared with, and the prompt format.
   oracle of the split, and itself as the original;
 * an alias with a benchmark checkpoint (``--benchmark tofu``): open-unlearning's fine-tune, its ``_retainYY``
   oracle and the ``_full`` checkpoint as the original;
+* a directory evaluated on ``--benchmark tinyfacts``: the retain-only oracle of the TinyFacts build it was trained
+  from (its ``card.json``), else the embedded target's, when shipped or built (`tinyfacts_oracle`);
 * anything else: that id or directory, with no known oracle or original unless the caller names one.
 """
 
@@ -16,7 +18,7 @@ import torch
 
 from unlearn.config import ModelSpec, resolve_model
 from unlearn.errors import UnlearnError, unknown_name
-from unlearn.targets.build import BuildConfig, ensure_built, get_preset, model_dir
+from unlearn.targets.build import BuildConfig, ensure_built, get_preset, is_built, model_dir
 from unlearn.targets.llm import PromptFormat, default_prompt_format, load_causal_lm, load_tokenizer
 
 EMBEDDED_PRESETS = {"tinyfacts": "default", "tinyfacts-micro": "micro"}
@@ -80,8 +82,11 @@ def tinyfacts_build_of(path: str) -> BuildConfig | None:
     return cfg
 
 
-def resolve_paths(alias: str, benchmark: str, split: str, need_oracle: bool = True, log=print):
-    """(spec, target dir, oracle dir, original dir, build config) without loading weights (builds if needed)."""
+def resolve_paths(alias: str, benchmark: str, split: str, need_oracle: bool = True, log=print, own_data: bool = False):
+    """(spec, target dir, oracle dir, original dir, build config) without loading weights (builds if needed).
+
+    ``own_data``: the user's own forget / retain / holdout files replace the benchmark's; a directory then gets no
+    TinyFacts oracle (that oracle was trained without the benchmark's forget split, not without the user's)."""
     spec = resolve_model(alias, benchmark, split)
     if spec.embedded:
         cfg = embedded_cfg(spec)
@@ -90,7 +95,27 @@ def resolve_paths(alias: str, benchmark: str, split: str, need_oracle: bool = Tr
         return spec, tdir, str(model_dir(cfg, f"oracle_{split}")), tdir, cfg
     original = spec.target if spec.oracle else None  # a benchmark checkpoint: the _full model is the original
     cfg = tinyfacts_build_of(spec.target) if benchmark == "tinyfacts" else None
-    return spec, spec.target, spec.oracle, original, cfg
+    oracle = spec.oracle
+    if benchmark == "tinyfacts" and oracle is None and need_oracle and not own_data:
+        oracle = tinyfacts_oracle(cfg, split, log)
+    return spec, spec.target, oracle, original, cfg
+
+
+def tinyfacts_oracle(cfg: BuildConfig | None, split: str, log=print) -> str | None:
+    """The retain-only oracle a directory evaluated on TinyFacts is judged against: the oracle of the build it was
+    trained from (``cfg``; else the embedded target's, whose corpus `load_sets` then uses), when it is shipped or
+    already built: an evaluation never trains an oracle. Forget quality and PrivLeak compare with the retain-only
+    model of the same corpus and split, whatever the directory's own history."""
+    from unlearn.data.tinyfacts import TinyFactsConfig
+
+    ocfg = cfg or get_preset(EMBEDDED_PRESETS["tinyfacts"])
+    if cfg is None and ocfg.data != TinyFactsConfig():  # the corpus load_sets uses without a build
+        return None
+    if not is_built(ocfg, f"oracle_{split}"):
+        log(f"note: TinyFacts build {ocfg.digest()} has no built oracle_{split}: no forget_quality or privleak "
+            "(`unlearn build tinyfacts` builds it)")  # fmt: skip
+        return None
+    return str(model_dir(ocfg, f"oracle_{split}"))
 
 
 def load_target(
