@@ -139,6 +139,31 @@ class ModelSpec:
         return self.target.split(":", 1)[1] if self.target.startswith("embedded:") else None
 
 
+# The benchmark an alias is evaluated on when --benchmark is not given: the one whose fine-tuned checkpoint and
+# retain-only oracle exist for it (TOFU: open-unlearning's public fine-tunes). Other aliases (base instruct models
+# with no benchmark checkpoint) and HF ids / directories keep TinyFacts, the embedded default.
+ALIAS_BENCHMARK: dict[str, str] = {"tiny": "tinyfacts", "tiny-micro": "tinyfacts", **{a: "tofu" for a in _TOFU_NAMES}}
+
+
+def default_benchmark(alias: str) -> str:
+    """The benchmark ``alias`` carries (``--benchmark`` default): tofu for the TOFU aliases, else tinyfacts."""
+    return ALIAS_BENCHMARK.get(alias, "tinyfacts")
+
+
+def resolve_benchmark(alias: str, benchmark: str | None, log=print) -> str:
+    """``--benchmark`` as given, or the alias's own; warn when an explicit one leaves a benchmark alias without
+    its oracle (e.g. ``--model llama-1b --benchmark tinyfacts``: a base model on facts it never learned)."""
+    if benchmark is None:
+        return default_benchmark(alias)
+    own = ALIAS_BENCHMARK.get(alias)
+    if own == "tofu" and benchmark != own:
+        log(
+            f"warning: {alias} carries --benchmark {own} (its fine-tuned checkpoint and oracle); with --benchmark "
+            f"{benchmark} it runs as {MODEL_ALIASES[alias]} with no oracle (no forget_quality, no privleak)"
+        )
+    return benchmark
+
+
 def resolve_model(alias: str, benchmark: str = "tinyfacts", split: str = "forget10") -> ModelSpec:
     """Map an alias (or HF id / local path) to the model to load and its oracle."""
     if benchmark == "tofu" and alias in _TOFU_NAMES:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -21,17 +21,26 @@ from unlearn.config import (
     EMBEDDED_TRAIN,
     TrainConfig,
     apply_overrides,
+    resolve_benchmark,
     resolve_model,
     set_field,
 )
 from unlearn.data.benchmarks import DataFiles, check_split, data_hash, get_benchmark, load_sets
 from unlearn.errors import UnlearnError, unknown_name
-from unlearn.evaluate import EvalConfig, cached_evaluate, evaluate
-from unlearn.loop import clear_checkpoint
+from unlearn.evaluate import EvalConfig, cached_evaluate, eval_config, evaluate
+from unlearn.loop import clear_checkpoint, total_steps
 from unlearn.methods import get_method
 from unlearn.metrics.cost import cost_metrics
 from unlearn.store import atomic_write_jsonl, read_json, read_jsonl, run_dir
-from unlearn.targets.llm import PromptFormat, load_causal_lm, load_tokenizer, resolve_model_dir, save_model
+from unlearn.targets.llm import (
+    PromptFormat,
+    encode_qa,
+    load_causal_lm,
+    load_tokenizer,
+    resolve_model_dir,
+    save_model,
+    uncached_hub_ids,
+)
 from unlearn.targets.resolve import Target, embedded_cfg, prompt_format, resolve_paths, tinyfacts_build_of
 from unlearn.train import unlearn_model
 from unlearn.workflow import claim_run, files_hash, read_resolved
@@ -49,7 +58,7 @@ def check_suite(suite: str) -> None:
 class RunArgs:
     method: str = "npo"
     model: str = "tiny"
-    benchmark: str = "tinyfacts"
+    benchmark: str | None = None  # None: the model alias's own (config.default_benchmark)
     split: str = "forget10"
     seed: int = 0
     out: str = "runs"
@@ -61,6 +70,7 @@ class RunArgs:
     prompt: str | None = None
     suite: str = "full"
     progress: bool = True
+    compat: str = "none"  # metric conventions (EvalConfig.compat)
 
 
 def prepare_configs(a: RunArgs, embedded: bool):
@@ -84,6 +94,66 @@ def prepare_configs(a: RunArgs, embedded: bool):
 
 def _sets_for(tgt_cfg, benchmark: str, split: str, files: DataFiles):
     return load_sets(benchmark, split, files, tgt_cfg.data if tgt_cfg is not None else None)
+
+
+def _sets_offline(tgt_cfg, benchmark: str, split: str, files: DataFiles, models: list[str | None]):
+    """`_sets_for`, after checking that every hub model and the benchmark data can be loaded; offline, whatever is
+    not cached is named in one error line with the ways to provide it (nothing is loaded before that check)."""
+    missing = [f"model {m}" for m in uncached_hub_ids(models)]
+    try:
+        sets = _sets_for(tgt_cfg, benchmark, split, files)
+    except UnlearnError as e:
+        if not (missing and str(e).startswith("cannot load TOFU config")):
+            raise
+        sets, missing = None, [*missing, "dataset locuslab/TOFU"]
+    if missing:
+        raise UnlearnError(
+            f"offline (HF_HUB_OFFLINE=1) and not in the Hugging Face cache: {', '.join(missing)}; download them "
+            "once with network access (unset HF_HUB_OFFLINE), set HF_HOME to a cache that holds them, or pass "
+            "local copies (--model DIR with config.json and *.safetensors, --oracle DIR for eval, --forget/--retain/"
+            "--holdout JSONL files)"
+        )
+    return sets
+
+
+def _cpu_gflops() -> float:
+    """This machine's float32 matmul throughput with the current torch threads (a ~0.1 s measurement)."""
+    a = torch.randn(512, 512)
+    a @ a  # warm-up
+    t, n = time.perf_counter(), 0
+    while time.perf_counter() - t < 0.1:
+        a @ a
+        n += 1
+    return 2 * 512**3 * n / (time.perf_counter() - t) / 1e9
+
+
+def expected_cost(model, tok, fmt, forget: list, sets: dict, tcfg: TrainConfig, ecfg: EvalConfig) -> str:
+    """One line: parameters, memory, steps and a CPU time estimate of a run, before it starts.
+
+    Memory counts the weights in their dtype plus, for training all weights, gradients and AdamW's two float32
+    moments (no activations). Time uses 6 N FLOPs per trained token (forward + backward, forget + retain batch)
+    and 2 N per evaluated token (every scored answer once, every prompt generating up to max_new_tokens: an upper
+    bound), at the float32 matmul rate measured here; real runs are slower (attention, memory traffic).
+    """
+    n_par = sum(p.numel() for p in model.parameters())
+    w_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    train_bytes = w_bytes if tcfg.lora.r else w_bytes + n_par * (next(model.parameters()).element_size() + 8)
+    sample = forget[:64]
+    seq = sum(len(encode_qa(tok, fmt, r["question"], r["answer"])[0]) for r in sample) / max(len(sample), 1)
+    _, steps = total_steps(len(forget), tcfg)
+    train_tok = steps * 2 * tcfg.batch_size * seq
+    scored = sum(len(v) * (1 + len(v[0].get("perturbed_answer") or []) + 1) for v in sets.values() if v)
+    prompts = sum(len(v) * (1 + bool(v[0].get("paraphrased_question"))) for k, v in sets.items()
+                  if v and k != "holdout")  # fmt: skip
+    eval_tok = scored * seq + prompts * (seq + ecfg.max_new_tokens)
+    rate = _cpu_gflops() * 1e9
+    hours = lambda flops: flops / rate / 3600  # noqa: E731
+    gib = 2**30
+    return (f"expected cost: {n_par / 1e9:.3g}B parameters, weights {w_bytes / gib:.3g} GiB, training "
+            f"~{train_bytes / gib:.3g} GiB without activations; {steps} steps x {2 * tcfg.batch_size} sequences x "
+            f"~{seq:.0f} tokens; on this CPU ({rate / 1e9:.0f} GFLOP/s measured) about "
+            f"{hours(6 * n_par * train_tok):.2g} h training + {hours(2 * n_par * eval_tok):.2g} h evaluation "
+            f"(a lower bound; a GPU is one to two orders of magnitude faster)")  # fmt: skip
 
 
 def _text_benchmark(benchmark: str) -> bool:
@@ -175,6 +245,7 @@ def run(a: RunArgs, log=print, accelerator=None, trace_eval=None) -> Path:
     """
     if a.force and a.reuse:  # before anything is resolved or built
         raise UnlearnError("--force and --reuse contradict each other; pass one")
+    a = replace(a, benchmark=resolve_benchmark(a.model, a.benchmark, log))
     check_split(a.benchmark, a.split)
     check_suite(a.suite)
     spec0 = resolve_model(a.model, a.benchmark, a.split)
@@ -183,10 +254,10 @@ def run(a: RunArgs, log=print, accelerator=None, trace_eval=None) -> Path:
     rdir = run_dir(a.out, a.benchmark, a.model, a.method, a.split, a.seed)
     main = accelerator is None or accelerator.is_main_process
     spec, tdir, odir, orig, bcfg = resolve_paths(a.model, a.benchmark, a.split, log=log)
+    sets, forget, retain_train = _sets_offline(bcfg, a.benchmark, a.split, a.files, [tdir, odir])
     tok = load_tokenizer(tdir)
     fmt = prompt_format(a.prompt, tok, bool(spec.embedded), a.model)
-    sets, forget, retain_train = _sets_for(bcfg, a.benchmark, a.split, a.files)
-    ecfg = EvalConfig(suite=a.suite)
+    ecfg = eval_config(a.benchmark, a.suite, a.compat)
     resolved = {
         "workflow": "run",
         "method": a.method,
@@ -219,9 +290,13 @@ def run(a: RunArgs, log=print, accelerator=None, trace_eval=None) -> Path:
     t0 = time.time()
     with claim:
         claim.start()
-        tgt = Target(spec, load_causal_lm(tdir), tok, fmt, tdir, odir, orig, bcfg)
+        # precision=bf16 loads the weights in bf16, as open-unlearning does (torch_dtype: bfloat16)
+        dtype = torch.bfloat16 if tcfg.precision == "bf16" else None
+        tgt = Target(spec, load_causal_lm(tdir, dtype=dtype), tok, fmt, tdir, odir, orig, bcfg)
         if bcfg is not None and bcfg.threads and not torch.cuda.is_available():
             torch.set_num_threads(bcfg.threads)  # tiny matrices: extra threads only thrash
+        if bcfg is None and main:  # a real model: say what it will cost before it starts
+            log(expected_cost(tgt.model, tok, fmt, forget, sets, tcfg, ecfg))
 
         text = _text_benchmark(a.benchmark)
 
@@ -261,7 +336,7 @@ def run(a: RunArgs, log=print, accelerator=None, trace_eval=None) -> Path:
 @dataclass
 class EvalArgs:
     model: str = "tiny"
-    benchmark: str = "tinyfacts"
+    benchmark: str | None = None  # None: the model alias's own (config.default_benchmark)
     split: str = "forget10"
     out: str | None = None  # the run directory itself (files directly in it); None: nothing is written
     files: DataFiles = field(default_factory=DataFiles)
@@ -274,12 +349,14 @@ class EvalArgs:
     force: bool = False
     reuse: bool = False
     progress: bool = True
+    compat: str = "none"  # metric conventions (EvalConfig.compat)
 
 
 def evaluate_checkpoint(a: EvalArgs, log=print, accelerator=None) -> tuple[dict, dict | None, Path | None]:
     """Evaluate any LLM checkpoint; returns (metrics, oracle evaluation or None, run dir or None)."""
     if a.force and a.reuse:
         raise UnlearnError("--force and --reuse contradict each other; pass one")
+    a = replace(a, benchmark=resolve_benchmark(a.model, a.benchmark, log))
     check_split(a.benchmark, a.split)
     check_suite(a.suite)
     main = accelerator is None or accelerator.is_main_process
@@ -292,10 +369,10 @@ def evaluate_checkpoint(a: EvalArgs, log=print, accelerator=None) -> tuple[dict,
         orig = a.original
     if a.no_oracle:
         odir = None
+    sets, _, retain_train = _sets_offline(bcfg, a.benchmark, a.split, a.files, [tdir, odir])
     tok = load_tokenizer(tdir)
     fmt = prompt_format(a.prompt, tok, bool(spec.embedded), a.model)
-    sets, _, retain_train = _sets_for(bcfg, a.benchmark, a.split, a.files)
-    ecfg = EvalConfig(suite=a.suite)
+    ecfg = eval_config(a.benchmark, a.suite, a.compat)
     claim = None
     if a.out:
         resolved = {"workflow": "eval", "model": a.model, "benchmark": a.benchmark, "split": a.split,

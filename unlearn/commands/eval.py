@@ -63,7 +63,7 @@ def run(args) -> int:
         files=DataFiles(args.forget, args.retain, args.holdout), prompt=args.prompt, suite=args.suite,
         oracle=args.oracle, no_oracle=args.no_oracle, original=args.original,
         lm_eval_tasks=[t.strip() for t in (args.lm_eval_tasks or "").split(",") if t.strip()],
-        force=args.force, reuse=args.reuse, progress=not args.no_progress,
+        force=args.force, reuse=args.reuse, progress=not args.no_progress, compat=args.compat,
     )  # fmt: skip
     accelerator = make_accelerator()
     try:

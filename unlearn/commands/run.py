@@ -9,7 +9,9 @@ from unlearn.store import read_json
 
 
 def add_data_args(p) -> None:
-    p.add_argument("--benchmark", default="tinyfacts", help="tinyfacts | tofu | wmdp")
+    p.add_argument("--benchmark", default=None, help="tinyfacts | tofu | wmdp (default: the model alias's own: tofu "
+                   "for llama-1b/3b/8b, llama2-7b, phi-1.5; tinyfacts otherwise)")  # fmt: skip
+    add_compat_arg(p)
     p.add_argument(
         "--split", default="forget10", help="forget01 | forget05 | forget10 (wmdp: bio | cyber | bio,cyber)"
     )
@@ -23,6 +25,12 @@ def add_data_args(p) -> None:
         help="metric suite: basic | full (logit + internal) | internal (representation, probes, "
         "lens, concept vectors only)",
     )
+
+
+def add_compat_arg(p) -> None:
+    p.add_argument("--compat", default="none", choices=("none", "open-unlearning"),
+                   help="metric conventions: none = each metric's paper definition over the answer's own tokens; "
+                   "open-unlearning = its per-example values (docs/tofu-parity.md)")  # fmt: skip
 
 
 def add_claim_args(p) -> None:
@@ -88,13 +96,14 @@ def run(args) -> int:
         method=args.method, model=args.model, benchmark=args.benchmark, split=args.split, seed=args.seed,
         out=args.out, overrides=overrides_of(args), force=args.force, reuse=args.reuse, save_model=args.save_model,
         files=DataFiles(args.forget, args.retain, args.holdout), prompt=args.prompt, suite=args.suite,
-        progress=not args.no_progress,
+        progress=not args.no_progress, compat=args.compat,
     )  # fmt: skip
     if args.compare:  # fail before training, not after
+        from unlearn.config import default_benchmark
         from unlearn.data.benchmarks import get_benchmark
         from unlearn.errors import UnlearnError
 
-        if get_benchmark(args.benchmark, "llm").evaluation != "suite":
+        if get_benchmark(args.benchmark or default_benchmark(args.model), "llm").evaluation != "suite":
             raise UnlearnError(f"--compare is not available for --benchmark {args.benchmark} (no QA suite, no oracle)")
     accelerator = make_accelerator()
     try:
