@@ -147,13 +147,22 @@ def expected_cost(model, tok, fmt, forget: list, sets: dict, tcfg: TrainConfig, 
                   if v and k != "holdout")  # fmt: skip
     eval_tok = scored * seq + prompts * (seq + ecfg.max_new_tokens)
     rate = _cpu_gflops() * 1e9
-    hours = lambda flops: flops / rate / 3600  # noqa: E731
-    gib = 2**30
-    return (f"expected cost: {n_par / 1e9:.3g}B parameters, weights {w_bytes / gib:.3g} GiB, training "
-            f"~{train_bytes / gib:.3g} GiB without activations; {steps} steps x {2 * tcfg.batch_size} sequences x "
-            f"~{seq:.0f} tokens; on this CPU ({rate / 1e9:.0f} GFLOP/s measured) about "
-            f"{hours(6 * n_par * train_tok):.2g} h training + {hours(2 * n_par * eval_tok):.2g} h evaluation "
-            f"(a lower bound; a GPU is one to two orders of magnitude faster)")  # fmt: skip
+    return (f"expected cost: {_si(n_par)} parameters, weights {_gib(w_bytes)}, training ~{_gib(train_bytes)} "
+            f"without activations; {steps} steps x {2 * tcfg.batch_size} sequences x ~{seq:.0f} tokens; on this CPU "
+            f"({rate / 1e9:.0f} GFLOP/s measured) at least {_dur(6 * n_par * train_tok / rate)} training + "
+            f"{_dur(2 * n_par * eval_tok / rate)} evaluation (a GPU is one to two orders of magnitude faster)")  # fmt: skip
+
+
+def _si(n: float) -> str:
+    return next(f"{n / d:.3g}{u}" for d, u in ((1e9, "B"), (1e6, "M"), (1e3, "k"), (1, "")) if n >= d or d == 1)
+
+
+def _gib(b: float) -> str:
+    return f"{b / 2**30:.3g} GiB" if b >= 2**27 else f"{b / 2**20:.3g} MiB"
+
+
+def _dur(sec: float) -> str:
+    return f"{sec / 3600:.3g} h" if sec >= 3600 else f"{sec / 60:.3g} min" if sec >= 60 else f"{sec:.2g} s"
 
 
 def _text_benchmark(benchmark: str) -> bool:

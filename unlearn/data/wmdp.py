@@ -148,9 +148,10 @@ def write_hf_cache(repo: str, config: str, split: str, rows: dict[str, list], ca
     from datasets.arrow_writer import ArrowWriter
     from datasets.naming import camelcase_to_snakecase
 
-    ns, name = repo.split("/")
+    ns, repo_name = repo.split("/")
+    name = camelcase_to_snakecase(repo_name)  # datasets names folders and files by it (locuslab/TOFU -> tofu)
     root = Path(cache_dir or datasets.config.HF_DATASETS_CACHE)
-    d = root / f"{ns}___{camelcase_to_snakecase(name)}" / config / "0.0.0" / revision
+    d = root / f"{ns}___{name}" / config / "0.0.0" / revision
     d.mkdir(parents=True, exist_ok=True)
     ds = datasets.Dataset.from_dict(rows)
     with ArrowWriter(features=ds.features, path=str(d / f"{name}-{split}.arrow")) as w:
