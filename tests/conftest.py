@@ -207,8 +207,9 @@ def chat_tokenizer(corpus, template: str, special=LLAMA3_SPECIAL, bos="<|begin_o
     tk = Tokenizer(models.BPE())
     tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tk.decoder = decoders.ByteLevel()
-    tk.train_from_iterator(corpus, trainers.BpeTrainer(vocab_size=600, special_tokens=list(special),
-                                                       initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))  # fmt: skip
+    trainer = trainers.BpeTrainer(vocab_size=600, special_tokens=list(special),
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())  # fmt: skip
+    tk.train_from_iterator(corpus, trainer)
     tok = PreTrainedTokenizerFast(tokenizer_object=tk, bos_token=bos, eos_token=eos)
     tok.chat_template = (CHAT_TEMPLATES / template).read_text()
     return tok
@@ -258,7 +259,8 @@ def build_tofu_hub(home):
     for seed, repo in enumerate(TOFU_REPOS):
         torch.manual_seed(seed)
         cfg = LlamaConfig(vocab_size=len(tok), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                          num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=512, **ids)  # fmt: skip
+                          num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=512,
+                          **ids)  # fmt: skip
         snap = _hub_snapshot(home / "hub", repo)
         LlamaForCausalLM(cfg).save_pretrained(snap, safe_serialization=True)
         tok.save_pretrained(snap)

@@ -150,7 +150,7 @@ def expected_cost(model, tok, fmt, forget: list, sets: dict, tcfg: TrainConfig, 
     return (f"expected cost: {_si(n_par)} parameters, weights {_gib(w_bytes)}, training ~{_gib(train_bytes)} "
             f"without activations; {steps} steps x {2 * tcfg.batch_size} sequences x ~{seq:.0f} tokens; on this CPU "
             f"({rate / 1e9:.0f} GFLOP/s measured) at least {_dur(6 * n_par * train_tok / rate)} training + "
-            f"{_dur(2 * n_par * eval_tok / rate)} evaluation (a GPU is one to two orders of magnitude faster)")  # fmt: skip
+            f"{_dur(2 * n_par * eval_tok / rate)} evaluation (a GPU is 1-2 orders of magnitude faster)")  # fmt: skip
 
 
 def _si(n: float) -> str:
