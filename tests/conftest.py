@@ -271,3 +271,9 @@ def build_tofu_hub(home):
 def tofu_hub(tmp_path_factory):
     """HF_HOME of the fabricated TOFU hub cache (`build_tofu_hub`), built once per session."""
     return build_tofu_hub(tmp_path_factory.mktemp("tofu_hf_home"))
+
+
+@pytest.fixture(scope="session")
+def make_chat_tokenizer():
+    """`chat_tokenizer`: (corpus, template file, ...) -> a small tokenizer with that chat template."""
+    return chat_tokenizer
