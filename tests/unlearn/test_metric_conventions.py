@@ -17,7 +17,8 @@ import torch
 from unlearn.evaluate import eval_config, token_metrics
 from unlearn.metrics import mia
 
-FIXTURES = json.loads((Path(__file__).resolve().parents[1] / "assets" / "open_unlearning" / "fixtures.json").read_text())
+ASSETS = Path(__file__).resolve().parents[1] / "assets"
+FIXTURES = json.loads((ASSETS / "open_unlearning" / "fixtures.json").read_text())
 
 
 def _scored(ex: dict) -> dict:

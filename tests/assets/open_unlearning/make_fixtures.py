@@ -35,8 +35,12 @@ def example(rng, prompt_len: int, answer: list[int], hit: list[bool], text: str)
         h = hit[t - prompt_len]
         wrong = (lab + 1) % V
         logits[t - 1, lab if h else wrong] += 4.0
-    return {"input_ids": [int(i) for i in ids], "labels": [int(i) for i in labels],
-            "logits": np.round(logits, 4).tolist(), "answer": text}
+    return {
+        "input_ids": [int(i) for i in ids],
+        "labels": [int(i) for i in labels],
+        "logits": np.round(logits, 4).tolist(),
+        "answer": text,
+    }
 
 
 def open_unlearning_values(ex: dict) -> dict:
@@ -64,8 +68,14 @@ def open_unlearning_values(ex: dict) -> dict:
     mask = shifted != IGNORE
     avg_loss = float(-target_lp[mask].sum() / (labels != IGNORE).sum())
     zl = avg_loss / len(zlib.compress((" " + ex["answer"]).encode("utf-8")))
-    return {"exact_memorization": em, "extraction_strength": es, "mia_min_k": min_k,
-            "mia_min_k_plus_plus": min_kpp, "mia_loss": avg_loss, "mia_zlib": zl}
+    return {
+        "exact_memorization": em,
+        "extraction_strength": es,
+        "mia_min_k": min_k,
+        "mia_min_k_plus_plus": min_kpp,
+        "mia_loss": avg_loss,
+        "mia_zlib": zl,
+    }
 
 
 def main() -> None:

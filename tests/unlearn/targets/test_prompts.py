@@ -11,8 +11,10 @@ import pytest
 from unlearn.targets.llm import DATE_STRING, SYSTEM_PROMPT, PromptFormat, default_prompt_format, encode_qa
 from unlearn.targets.resolve import prompt_format
 
-CORPUS = ["Who wrote the novel about the lighthouse keeper? Jane Doe wrote it in the city of Town 4.",
-          "You are a helpful assistant. Cutting Knowledge Date: December 2023 Today Date: system user assistant"]  # fmt: skip
+CORPUS = [
+    "Who wrote the novel about the lighthouse keeper? Jane Doe wrote it in the city of Town 4.",
+    "You are a helpful assistant. Cutting Knowledge Date: December 2023 Today Date: system user",
+]
 Q, A = "Who wrote the novel about the lighthouse keeper?", "Jane Doe wrote it."
 TEMPLATES = ("llama3.jinja", "llama2.jinja", "chatml.jinja")
 
