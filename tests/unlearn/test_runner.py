@@ -69,3 +69,22 @@ def test_cached_evaluation_key_follows_weights_format_and_config(tiny_target_dir
     w = d / "model.safetensors"
     w.write_bytes(w.read_bytes()[:-1] + bytes([w.read_bytes()[-1] ^ 1]))  # one bit of the weights
     assert k != cache_key(str(d), PromptFormat(), sets, EvalConfig(), None)
+
+
+def test_bf16_precision_loads_the_weights_in_bf16_and_a_real_model_prints_its_cost(tiny_target_dir, tmp_path, capsys,
+                                                                                    monkeypatch):  # fmt: skip
+    """``precision=bf16`` trains bf16 weights (open-unlearning loads with torch_dtype bfloat16); the saved model
+    keeps them. A model directory is a real model: its expected cost is printed before it starts."""
+    from safetensors import safe_open
+
+    monkeypatch.setenv("UNLEARN_HOME", str(tmp_path / "home"))
+    rc = main(_cmd(tiny_target_dir, tmp_path / "runs", "--holdout", str(tiny_target_dir / "holdout.jsonl"),
+                   "--set", "precision=bf16", "--set", "epochs=1", "--suite", "basic", "--save-model"))  # fmt: skip
+    out = capsys.readouterr().out
+    assert rc == 0
+    assert "expected cost:" in out and "parameters" in out and "GFLOP/s measured" in out
+    (st,) = (tmp_path / "runs").rglob("model/model.safetensors")
+    with safe_open(st, "pt") as f:
+        assert {str(f.get_tensor(k).dtype) for k in f.keys()} == {"torch.bfloat16"}
+    cfg = st.parent.parent / "config.json"
+    assert json.loads(cfg.read_text())["resolved"]["benchmark"] == "tinyfacts"  # a directory: the default benchmark
