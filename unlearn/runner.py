@@ -34,7 +34,7 @@ from unlearn.metrics.cost import cost_metrics
 from unlearn.store import atomic_write_jsonl, read_json, read_jsonl, run_dir
 from unlearn.targets.llm import (
     PromptFormat,
-    encode_qa,
+    encode_record,
     load_causal_lm,
     load_tokenizer,
     resolve_model_dir,
@@ -138,13 +138,17 @@ def expected_cost(model, tok, fmt, forget: list, sets: dict, tcfg: TrainConfig, 
     n_par = sum(p.numel() for p in model.parameters())
     w_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     train_bytes = w_bytes if tcfg.lora.r else w_bytes + n_par * (next(model.parameters()).element_size() + 8)
-    sample = forget[:64]
-    seq = sum(len(encode_qa(tok, fmt, r["question"], r["answer"])[0]) for r in sample) / max(len(sample), 1)
+
+    def qa(r) -> bool:
+        return isinstance(r.get("question"), str) and isinstance(r.get("answer"), str)
+
+    sample = [r for r in forget[:64] if qa(r) or isinstance(r.get("text"), str)]  # QA or raw-text (WMDP) records
+    seq = sum(len(encode_record(tok, fmt, r)[0]) for r in sample) / max(len(sample), 1)
     _, steps = total_steps(len(forget), tcfg)
     train_tok = steps * 2 * tcfg.batch_size * seq
     scored = sum(len(v) * (1 + len(v[0].get("perturbed_answer") or []) + 1) for v in sets.values() if v)
     prompts = sum(len(v) * (1 + bool(v[0].get("paraphrased_question"))) for k, v in sets.items()
-                  if v and k != "holdout")  # fmt: skip
+                  if v and k != "holdout" and qa(v[0]))  # fmt: skip
     eval_tok = scored * seq + prompts * (seq + ecfg.max_new_tokens)
     rate = _cpu_gflops() * 1e9
     return (f"expected cost: {_si(n_par)} parameters, weights {_gib(w_bytes)}, training ~{_gib(train_bytes)} "
