@@ -155,8 +155,9 @@ def resolve_inputs(a: AuditArgs, log) -> Inputs:
     spec = resolve_model(a.original, a.benchmark, a.split)
     if spec.embedded:
         _, orig, odir, _, bcfg = resolve_paths(a.original, a.benchmark, a.split, log=log)
-    else:
-        orig, odir, bcfg = _local_dir(a.original), None, None
+    else:  # a benchmark alias (llama-1b: TOFU) brings its fine-tune and, unless --oracle is given, its oracle
+        orig, bcfg = _local_dir(spec.target), None
+        odir = _local_dir(spec.oracle) if spec.oracle and not a.oracle else None
         if not a.files.forget and a.benchmark == "tinyfacts":
             raise UnlearnError(f"--original {a.original} is not the embedded target: pass --forget F.jsonl (the "
                                "facts the candidate should have forgotten) and --retain R.jsonl")  # fmt: skip
