@@ -409,7 +409,7 @@ def run_audit(a: AuditArgs, log=print) -> tuple[Path, dict]:
     resolved = {"workflow": "audit", "original": a.original, "candidate": a.candidate, "oracle": a.oracle,
                 "benchmark": a.benchmark, "split": a.split, "data_files": asdict(a.files),
                 "data_hash": data_hash(inp.sets), "prompt_format": asdict(inp.fmt), "audit_config": asdict(cfg),
-                "candidate_digest": _digest_of(digests["candidate"])}  # fmt: skip
+                "candidate_digest": _digest_of(digests["candidate"]), "compat": a.compat}  # fmt: skip
     run = claim_run(
         a.out,
         resolved,
