@@ -319,7 +319,7 @@ def run(a: RunArgs, log=print, accelerator=None, trace_eval=None) -> Path:
             if text:
                 return _text_eval(model, tgt.tokenizer, sets, a.split, trace=True)
             basic = {k: sets[k] for k in ("forget", "retain")}
-            return evaluate(model, tgt.tokenizer, tgt.fmt, basic, EvalConfig(suite="basic"))[0]
+            return evaluate(model, tgt.tokenizer, tgt.fmt, basic, eval_config(a.benchmark, "basic", a.compat))[0]
 
         model, summary = unlearn_model(
             tgt.model, tgt.tokenizer, tgt.fmt, forget, retain_train, mspec, mcfg, tcfg, a.seed, rdir,
