@@ -161,6 +161,11 @@ def resolve_benchmark(alias: str, benchmark: str | None, log=print) -> str:
             f"warning: {alias} carries --benchmark {own} (its fine-tuned checkpoint and oracle); with --benchmark "
             f"{benchmark} it runs as {MODEL_ALIASES[alias]} with no oracle (no forget_quality, no privleak)"
         )
+    elif own is None and alias in MODEL_ALIASES and benchmark == "tofu":
+        log(
+            f"warning: no TOFU fine-tune is known for {alias}: --benchmark tofu runs the base model "
+            f"{MODEL_ALIASES[alias]}, which never learned TOFU's authors, with no oracle"
+        )
     return benchmark
 
 

@@ -56,6 +56,8 @@ def test_other_aliases_keep_tinyfacts_and_a_mismatch_warns():
     s = resolve_model("llama-1b", "tinyfacts")
     assert (s.target, s.oracle) == ("meta-llama/Llama-3.2-1B-Instruct", None)
     assert resolve_benchmark("tiny", "tinyfacts", logs.append) == "tinyfacts" and len(logs) == 1
+    assert resolve_benchmark("qwen-1.5b", "tofu", logs.append) == "tofu"
+    assert len(logs) == 2 and "no TOFU fine-tune" in logs[1] and "Qwen/Qwen2.5-1.5B-Instruct" in logs[1]
 
 
 def test_offline_without_files_names_each_missing_id(tmp_path, monkeypatch, capsys):
