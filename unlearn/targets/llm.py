@@ -60,8 +60,8 @@ LLAMA2_CHAT = PromptFormat(kind="plain", template="[INST] {question} [/INST]", a
 
 
 def prompt_family(tokenizer) -> str:
-    """``llama3`` (header-id chat template), ``llama2`` ([INST] template), ``chat`` (another chat template) or
-    ``plain`` (none), from the tokenizer's chat template."""
+    """``llama3`` (header-id chat template), ``chatml`` (Qwen2.5), ``llama2`` ([INST] template), ``chat`` (another
+    chat template) or ``plain`` (none), from the tokenizer's chat template."""
     t = getattr(tokenizer, "chat_template", None) or ""
     if isinstance(t, dict):  # several named templates: the default one
         t = t.get("default", next(iter(t.values()), ""))
@@ -69,18 +69,21 @@ def prompt_family(tokenizer) -> str:
         return "plain"
     if "<|start_header_id|>" in t:
         return "llama3"
+    if "<|im_start|>" in t:
+        return "chatml"  # Qwen2.5
     if "[INST]" in t and "<<SYS>>" in t:
         return "llama2"
     return "chat"
 
 
 def default_prompt_format(tokenizer) -> PromptFormat:
-    """open-unlearning's prompt for the tokenizer's family: Llama-3 chat template with its system prompt and fixed
-    date; Llama-2's ``[INST] q [/INST]`` tags (open-unlearning does not apply its chat template); another chat
-    template as it is (with the fixed date for templates that read one); plain ``Question: ... Answer:`` otherwise.
+    """open-unlearning's prompt for the tokenizer's family: the Llama-3 (and Qwen2.5 ChatML) chat template with
+    its system prompt and a fixed date; Llama-2's ``[INST] q [/INST]`` tags (open-unlearning does not apply its
+    chat template); another chat template as it is (with the fixed date for templates that read one); plain
+    ``Question: ... Answer:`` otherwise.
     """
     fam = prompt_family(tokenizer)
-    if fam == "llama3":
+    if fam in ("llama3", "chatml"):  # open-unlearning's Llama-3.x and Qwen2.5 configs: system prompt (+ date)
         return PromptFormat(kind="chat", system_prompt=SYSTEM_PROMPT, date_string=DATE_STRING)
     if fam == "llama2":
         return LLAMA2_CHAT

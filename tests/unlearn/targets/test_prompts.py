@@ -71,10 +71,16 @@ def test_llama2_uses_open_unlearnings_inst_tags(make_chat_tokenizer):
 
 
 def test_other_chat_templates_and_plain_models(make_chat_tokenizer):
-    tok = make_chat_tokenizer(CORPUS, "chatml.jinja")
+    tok = make_chat_tokenizer(CORPUS, "chatml.jinja")  # Qwen2.5: open-unlearning passes its system prompt
     fmt = default_prompt_format(tok)
+    assert fmt.kind == "chat" and fmt.system_prompt == SYSTEM_PROMPT and fmt.date_string == DATE_STRING
+    assert fmt.prompt(tok, Q) == (f"<|im_start|>system\n{SYSTEM_PROMPT}<|im_end|>\n<|im_start|>user\n{Q}<|im_end|>\n"
+                                  "<|im_start|>assistant\n")  # fmt: skip
+    tok.chat_template = (
+        "{% for m in messages %}<start_of_turn>{{ m['role'] }}\n{{ m['content'] }}<end_of_turn>\n{% endfor %}"
+    )
+    fmt = default_prompt_format(tok)  # another template (gemma-like): as it is, no system prompt
     assert fmt.kind == "chat" and fmt.system_prompt is None and fmt.date_string == DATE_STRING
-    assert fmt.prompt(tok, Q) == f"<|im_start|>user\n{Q}<|im_end|>\n<|im_start|>assistant\n"
     tok.chat_template = None  # phi-1.5: no chat template, open-unlearning's "Question: ...\nAnswer: ..." tags
     fmt = default_prompt_format(tok)
     assert (fmt.kind, fmt.prompt(tok, Q), fmt.answer(A)) == ("plain", f"Question: {Q}\nAnswer:", f" {A}")
