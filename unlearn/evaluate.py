@@ -68,6 +68,13 @@ class EvalConfig:
     # exact memorization, extraction strength, Min-K, Min-K++; extraction strength's k in 0..|y|);
     # "open-unlearning" = its per-example values (k capped at |y|-1, zlib of " " + answer; docs/tofu-parity.md)
     compat: str = "none"
+    # the dtype fixed models (target, oracle) are loaded in for their cached evaluations: bf16 when the run trains
+    # bf16 weights (precision=bf16), so that all three columns are measured alike, as open-unlearning evaluates
+    weights: str = "fp32"
+
+    @property
+    def torch_dtype(self):
+        return torch.bfloat16 if self.weights == "bf16" else torch.float32
 
 
 # TOFU as open-unlearning evaluates it (configs/eval/tofu.yaml: batch_size 32; configs/generation/default.yaml:

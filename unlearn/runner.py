@@ -187,7 +187,7 @@ def _oracle_eval(oracle_dir: str | None, tok, fmt, sets, ecfg) -> dict | None:
     """The oracle's cached evaluation (every process reads, or computes and atomically writes, the same file)."""
     if not oracle_dir or ecfg.suite == "internal":
         return None
-    return cached_evaluate(oracle_dir, lambda: load_causal_lm(oracle_dir), tok, fmt, sets, ecfg)
+    return cached_evaluate(oracle_dir, lambda: load_causal_lm(oracle_dir, ecfg.torch_dtype), tok, fmt, sets, ecfg)
 
 
 def _internal_suite(spec, tok, fmt, sets, retain_train, original: str | None, oracle: str | None):
@@ -271,6 +271,8 @@ def run(a: RunArgs, log=print, accelerator=None, trace_eval=None) -> Path:
     tok = load_tokenizer(tdir)
     fmt = prompt_format(a.prompt, tok, bool(spec.embedded), a.model)
     ecfg = eval_config(a.benchmark, a.suite, a.compat)
+    if tcfg.precision == "bf16":
+        ecfg.weights = "bf16"
     resolved = {
         "workflow": "run",
         "method": a.method,
@@ -455,7 +457,8 @@ def compare_table(rdir: Path, log=print) -> dict[str, dict]:
     if ecfg.suite == "internal":
         target = {"metrics": {}}
     else:
-        target = cached_evaluate(model_path, lambda: load_causal_lm(model_path), tok, fmt, sets, ecfg, oracle=oracle)
+        target = cached_evaluate(model_path, lambda: load_causal_lm(model_path, ecfg.torch_dtype), tok, fmt, sets,
+                                 ecfg, oracle=oracle)  # fmt: skip
     cols = {"target": dict(target["metrics"]), res["method"]: read_json(Path(rdir) / "metrics.json")}
     if oracle_path and (oracle or ecfg.suite == "internal"):
         cols["oracle"] = dict(oracle["metrics"]) if oracle else {}

@@ -86,5 +86,15 @@ def test_bf16_precision_loads_the_weights_in_bf16_and_a_real_model_prints_its_co
     (st,) = (tmp_path / "runs").rglob("model/model.safetensors")
     with safe_open(st, "pt") as f:
         assert {str(f.get_tensor(k).dtype) for k in f.keys()} == {"torch.bfloat16"}
-    cfg = st.parent.parent / "config.json"
-    assert json.loads(cfg.read_text())["resolved"]["benchmark"] == "tinyfacts"  # a directory: the default benchmark
+    cfg = json.loads((st.parent.parent / "config.json").read_text())["resolved"]
+    assert cfg["benchmark"] == "tinyfacts"  # a directory: the default benchmark
+    assert cfg["eval_config"]["weights"] == "bf16"
+    # the fixed models of the comparison (here the target) are evaluated in bf16 too
+    import torch
+
+    from unlearn import runner
+
+    seen, real = [], runner.load_causal_lm
+    monkeypatch.setattr(runner, "load_causal_lm", lambda p, dtype=None, **k: seen.append(dtype) or real(p, dtype, **k))
+    cols = runner.compare_table(st.parent.parent)
+    assert seen == [torch.bfloat16] and set(cols) == {"target", "ga"}
