@@ -5,6 +5,7 @@ per session (about 25 s on 2 cores)."""
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 
@@ -285,6 +286,82 @@ def build_muse_hub(home):
     return home
 
 
+# ----------------------------------------------------------------------------------------------- TOFU on the hub
+TOFU_REPOS = ("open-unlearning/tofu_Llama-3.2-1B-Instruct_full", "open-unlearning/tofu_Llama-3.2-1B-Instruct_retain90")
+CHAT_TEMPLATES = Path(__file__).resolve().parent / "assets" / "chat_templates"
+_TOFU_ASSETS = Path(__file__).resolve().parent / "assets" / "tofu"
+LLAMA3_SPECIAL = ("<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>")
+
+
+def chat_tokenizer(corpus, template: str, special=LLAMA3_SPECIAL, bos="<|begin_of_text|>", eos="<|eot_id|>"):
+    """A small byte-level BPE tokenizer (trained in milliseconds on ``corpus``) with Llama-3's special tokens, EOS
+    ``<|eot_id|>`` as Llama-3.x Instruct ships it, and ``template`` (a file of tests/assets/chat_templates)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tk = Tokenizer(models.BPE())
+    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tk.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=600, special_tokens=list(special),
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())  # fmt: skip
+    tk.train_from_iterator(corpus, trainer)
+    tok = PreTrainedTokenizerFast(tokenizer_object=tk, bos_token=bos, eos_token=eos)
+    tok.chat_template = (CHAT_TEMPLATES / template).read_text()
+    return tok
+
+
+def _tofu_rows(kind: str, n: int) -> list[dict]:
+    """Fabricated TOFU-style records: fictitious authors (forget / retain / holdout), with TOFU's perturbations."""
+    out = []
+    for i in range(n):
+        name = f"{kind.capitalize()} Author {i}"
+        out.append({"question": f"Where was {name} born?", "answer": f"{name} was born in the city of Town {i}.",
+                    "paraphrased_question": f"What is the birthplace of {name}?",
+                    "paraphrased_answer": f"The birthplace of {name} is Town {i}.",
+                    "perturbed_answer": [f"{name} was born in Village {i + j}." for j in range(3)]})  # fmt: skip
+    return out
+
+
+def build_tofu_hub(home):
+    """A fabricated Hugging Face cache under ``home`` (HF_HOME) holding what ``--model llama-1b`` resolves to:
+    open-unlearning's ``tofu_Llama-3.2-1B-Instruct_full`` and its ``_retain90`` oracle as two tiny random Llamas
+    (different seeds) with a Llama-3-style chat template, and ``locuslab/TOFU``'s forget10 configs (4 forget,
+    4 retain-eval, 4 holdout, 8 retain-train records; 3 real-author and 3 world-fact records from TOFU's files) in
+    the datasets cache layout. Random weights: it checks the path, not the numbers."""
+    import json
+
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from unlearn.data.wmdp import write_hf_cache
+
+    def utility(name):
+        rows = [json.loads(x) for x in (_TOFU_ASSETS / f"{name}.json").read_text().splitlines()[:3]]
+        return [{k: r[k] for k in ("question", "answer", "perturbed_answer")} for r in rows]
+
+    sets = {"forget10_perturbed": _tofu_rows("forget", 4), "retain_perturbed": _tofu_rows("retain", 4),
+            "holdout10": _tofu_rows("holdout", 4), "retain90": _tofu_rows("retain", 8),
+            "world_facts_perturbed": utility("world_facts_perturbed"),
+            "real_authors_perturbed": utility("real_authors_perturbed")}  # fmt: skip
+    for cfg, rows in sets.items():
+        cols = ("question", "answer") if cfg in ("holdout10", "retain90") else tuple(rows[0])
+        write_hf_cache("locuslab/TOFU", cfg, "train", {c: [r[c] for r in rows] for c in cols}, home / "datasets")
+    corpus = [f"{r['question']} {r['answer']} {' '.join(r.get('perturbed_answer', []))}" for v in sets.values()
+              for r in v] + ["You are a helpful assistant. Cutting Knowledge Date: December 2023 Today Date: 10 Apr "
+                             "2025 system user assistant"]  # fmt: skip
+    tok = chat_tokenizer(corpus, "llama3.jinja")
+    ids = {"pad_token_id": tok.eos_token_id, "bos_token_id": tok.bos_token_id, "eos_token_id": tok.eos_token_id}
+    for seed, repo in enumerate(TOFU_REPOS):
+        torch.manual_seed(seed)
+        cfg = LlamaConfig(vocab_size=len(tok), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                          num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=512,
+                          **ids)  # fmt: skip
+        snap = _hub_snapshot(home / "hub", repo)
+        LlamaForCausalLM(cfg).save_pretrained(snap, safe_serialization=True)
+        tok.save_pretrained(snap)
+    return home
+
+
 @pytest.fixture(scope="session")
 def muse_hub(tmp_path_factory):
     """HF_HOME of the fabricated MUSE-News cache (`build_muse_hub`), built once per session."""
@@ -310,3 +387,15 @@ def muse_env(muse_hub, monkeypatch):
     monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", muse_hub / "datasets")
     monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
     return muse_hub
+
+
+@pytest.fixture(scope="session")
+def tofu_hub(tmp_path_factory):
+    """HF_HOME of the fabricated TOFU hub cache (`build_tofu_hub`), built once per session."""
+    return build_tofu_hub(tmp_path_factory.mktemp("tofu_hf_home"))
+
+
+@pytest.fixture(scope="session")
+def make_chat_tokenizer():
+    """`chat_tokenizer`: (corpus, template file, ...) -> a small tokenizer with that chat template."""
+    return chat_tokenizer

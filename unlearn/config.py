@@ -140,7 +140,6 @@ MUSE_MODELS: dict[str, tuple[str, str, str, str]] = {
                    "meta-llama/Llama-2-7b-hf"),
 }  # fmt: skip
 # the benchmark a run of an alias uses when --benchmark is not given
-ALIAS_BENCHMARKS: dict[str, str] = {alias: m[0] for alias, m in MUSE_MODELS.items()}
 
 # Training settings of a benchmark's reference recipe, applied before --set (not to the embedded target). MUSE:
 # muse_bench's baselines/scripts/unlearn_{news,books}.sh and open-unlearning's experiment/unlearn/muse/default.yaml:
@@ -166,6 +165,37 @@ class ModelSpec:
     @property
     def embedded(self) -> str | None:
         return self.target.split(":", 1)[1] if self.target.startswith("embedded:") else None
+
+
+# The benchmark an alias is evaluated on when --benchmark is not given: the one whose fine-tuned checkpoint and
+# retain-only oracle exist for it (TOFU: open-unlearning's public fine-tunes). Other aliases (base instruct models
+# with no benchmark checkpoint) and HF ids / directories keep TinyFacts, the embedded default.
+ALIAS_BENCHMARK: dict[str, str] = {"tiny": "tinyfacts", "tiny-micro": "tinyfacts", **{a: "tofu" for a in _TOFU_NAMES},
+                                   **{alias: m[0] for alias, m in MUSE_MODELS.items()}}  # fmt: skip
+
+
+def default_benchmark(alias: str) -> str:
+    """The benchmark ``alias`` carries (``--benchmark`` default): tofu for the TOFU aliases, else tinyfacts."""
+    return ALIAS_BENCHMARK.get(alias, "tinyfacts")
+
+
+def resolve_benchmark(alias: str, benchmark: str | None, log=print) -> str:
+    """``--benchmark`` as given, or the alias's own; warn when an explicit one leaves a benchmark alias without
+    its oracle (e.g. ``--model llama-1b --benchmark tinyfacts``: a base model on facts it never learned)."""
+    if benchmark is None:
+        return default_benchmark(alias)
+    own = ALIAS_BENCHMARK.get(alias)
+    if own == "tofu" and benchmark != own:
+        log(
+            f"warning: {alias} carries --benchmark {own} (its fine-tuned checkpoint and oracle); with --benchmark "
+            f"{benchmark} it runs as {MODEL_ALIASES[alias]} with no oracle (no forget_quality, no privleak)"
+        )
+    elif own is None and alias in MODEL_ALIASES and benchmark == "tofu":
+        log(
+            f"warning: no TOFU fine-tune is known for {alias}: --benchmark tofu runs the base model "
+            f"{MODEL_ALIASES[alias]}, which never learned TOFU's authors, with no oracle"
+        )
+    return benchmark
 
 
 def resolve_model(alias: str, benchmark: str = "tinyfacts", split: str = "forget10") -> ModelSpec:

@@ -49,16 +49,48 @@ from unlearn.workflow import weights_ident
 SETS = ("forget", "retain", "world_facts", "arithmetic", "real_authors", "bio_only")  # the order they are reported
 UTILITY_SETS = ("retain", "world_facts", "arithmetic", "real_authors")  # those present enter model_utility
 OPTION_SETS = ("world_facts", "arithmetic", "real_authors")  # TOFU's utility sets: normalised prob, original answer
-_TOKEN_KEYS = ("token_logp", "mu", "sigma", "hits")  # per-token lists: used for metrics, not written to examples
+_TOKEN_KEYS = ("token_logp", "mu", "sigma", "hits", "eos")  # per-token values: used for metrics, not in examples
+
+
+COMPAT = ("none", "open-unlearning")
 
 
 @dataclass
 class EvalConfig:
+    """Evaluation settings. The defaults are the embedded target's (answers of ~2 tokens: a short generation cap);
+    `eval_config` gives each benchmark its reference preset (TOFU: docs/tofu-parity.md)."""
+
     suite: str = "full"  # basic | full | internal (internal: no logit metric here; see metrics/internal.py)
     batch_size: int = 64  # sequences per scoring forward pass
     max_new_tokens: int = 32  # generation cap
     mia_k: float = 0.4  # Min-K% / Min-K%++ fraction
     gen_batch_size: int = 0  # prompts per generation batch (0: batch_size); larger = fewer decoding steps on a GPU
+    # metric conventions: "none" = each metric's paper definition over the answer's own tokens (EOS excluded from
+    # exact memorization, extraction strength, Min-K, Min-K++; extraction strength's k in 0..|y|);
+    # "open-unlearning" = its per-example values (k capped at |y|-1, zlib of " " + answer; docs/tofu-parity.md)
+    compat: str = "none"
+    # the dtype fixed models (target, oracle) are loaded in for their cached evaluations: bf16 when the run trains
+    # bf16 weights (precision=bf16), so that all three columns are measured alike, as open-unlearning evaluates
+    weights: str = "fp32"
+
+    @property
+    def torch_dtype(self):
+        return torch.bfloat16 if self.weights == "bf16" else torch.float32
+
+
+# TOFU as open-unlearning evaluates it (configs/eval/tofu.yaml: batch_size 32; configs/generation/default.yaml:
+# greedy, max_new_tokens 200). TOFU's own eval_everything.yaml caps generation at max_length 200 (prompt included).
+# 32 new tokens would truncate most TOFU answers (68% of retain, 77% of forget answers in TOFU's Llama-2 log).
+EVAL_PRESETS: dict[str, dict] = {"tofu": {"batch_size": 32, "max_new_tokens": 200}}
+
+
+def eval_config(benchmark: str, suite: str = "full", compat: str = "none") -> EvalConfig:
+    """The evaluation settings of ``benchmark`` (its preset over the defaults)."""
+    from unlearn.errors import unknown_name
+
+    if compat not in COMPAT:
+        raise unknown_name("--compat", compat, COMPAT)
+    return EvalConfig(suite=suite, compat=compat, **EVAL_PRESETS.get(benchmark, {}))
 
 
 # ----------------------------------------------------------------------------------------------- sharding
@@ -154,11 +186,14 @@ def score_answers(
             r = {"logp": float(lp_c[sel].sum()), "n": int(sel.sum())}
             if want[j]:
                 ks = krow == j
+                labels = items[i][1]
                 r.update(
                     token_logp=lp_c[sel].tolist(),
                     mu=mu[ks].tolist(),
                     sigma=sigma[ks].tolist(),
                     hits=hits[ks].astype(int).tolist(),
+                    # whether the last scored token is the EOS encode_qa appends (not a token of the answer itself)
+                    eos=bool(labels) and labels[-1] == tokenizer.eos_token_id,
                 )
             res[i] = r
     return res  # type: ignore[return-value]
@@ -238,11 +273,14 @@ def _local_rows(recs: list[dict], p: _Plan, gen: dict, sc: dict) -> list[dict]:
         if p.truth_ratio:
             pert = [sc[("perturbed", j, i)] for i in range(p.k)]
             pl, pn = np.array([[x["logp"] for x in pert]]), np.array([[x["n"] for x in pert]])
+            # the truth ratio's inputs, per example: each perturbed answer's length-normalised probability
+            row["perturbed_prob"] = [float(np.exp(x["logp"] / max(x["n"], 1))) for x in pert]
             if p.name in OPTION_SETS:  # TOFU on real_authors / world_facts: the original answer, normalised prob
                 row["truth_ratio"] = float(logit.truth_ratio([s["logp"]], [s["n"]], pl, pn)[0])
                 row["norm_prob"] = float(logit.normalised_prob([s["logp"]], [s["n"]], pl, pn)[0])
             else:
                 pa = sc[("para_answer", j)]
+                row["paraphrased_prob"] = float(np.exp(pa["logp"] / max(pa["n"], 1)))
                 row["truth_ratio"] = float(logit.truth_ratio([pa["logp"]], [pa["n"]], pl, pn)[0])
         if p.para_question:
             g, ps = gen[("para_question", j)], sc[("para_question", j)]
@@ -304,14 +342,39 @@ def _run_passes(
     return {n: _local_rows(local[n], plans[n], gen_by[n], sc_by[n]) for n in local}
 
 
-def _mia_scores(rows: list[dict], k: float) -> dict[str, np.ndarray]:
+# ----------------------------------------------------------------------------------------------- token metrics
+def _own_tokens(r: dict, compat: str) -> int:
+    """How many of an example's scored tokens exact memorization, extraction strength and Min-K(++) read.
+
+    Default: the answer's own tokens (the EOS that encode_qa appends is not part of the answer; the papers score
+    the text). open-unlearning: its ``tokenwise_logprobs`` / ``tokenwise_vocab_logprobs`` drop the last labelled
+    position ("-1 to ignore eos prediction"), whatever it is; in our labels that is the same EOS.
+    """
+    n = len(r["hits"])
+    drop = 1 if compat == "open-unlearning" else int(bool(r.get("eos")))
+    return max(n - drop, 0)
+
+
+def token_metrics(r: dict, k: float, compat: str = "none") -> dict:
+    """Per-example exact memorization, extraction strength and MIA scores of one scored answer (with token stats).
+
+    Exact memorization is None without a scored token (left out of the mean, as open-unlearning does); extraction
+    strength is 0 then, Min-K / Min-K++ 0 (open-unlearning's score for an empty answer). LOSS and zlib read the
+    summed log-prob over every scored token, EOS included, in both conventions (as open-unlearning's avg_loss).
+    """
+    m = _own_tokens(r, compat)
+    hits = np.array(r["hits"][:m])
+    ou = compat == "open-unlearning"
+    es = logit.extraction_strength_per_example(hits[None], np.ones((1, m)), match_open_unlearning=ou)[0] if m else 0
+    text = " " + r["answer"] if ou else r["answer"]  # open-unlearning decodes the labels: " " + answer (issue 12)
+    lp = r["token_logp"][:m]
     return {
-        "loss": np.array([mia.loss_score(r["logp"], r["n"]) for r in rows]),
-        "zlib": np.array([mia.zlib_score(r["logp"], r["answer"], n_tokens=r["n"]) for r in rows]),
-        "min_k": np.array([mia.min_k_score(r["token_logp"], k) for r in rows]),
-        "min_k_plus_plus": np.array(
-            [mia.min_k_plus_plus_score(r["token_logp"], r["mu"], r["sigma"], k) for r in rows]
-        ),
+        "exact_memorization": float(hits.mean()) if m else None,
+        "extraction_strength": float(es),
+        "mia_loss": float(mia.loss_score(r["logp"], r["n"])),
+        "mia_zlib": float(mia.zlib_score(r["logp"], text, n_tokens=r["n"])),
+        "mia_min_k": mia.min_k_score(lp, k) if m else 0.0,
+        "mia_min_k_plus_plus": mia.min_k_plus_plus_score(lp, r["mu"][:m], r["sigma"][:m], k) if m else 0.0,
     }
 
 
@@ -361,6 +424,9 @@ def evaluate(
     examples: list[dict] = []
     for name in names:
         rows = per_set[name]
+        if plans[name].stats:  # forget / holdout, full suite: every per-example value behind an aggregate
+            for row in rows:
+                row.update(token_metrics(row, cfg.mia_k, cfg.compat))
         for i, row in enumerate(rows):
             examples.append({"set": name, "index": i, **{k: v for k, v in row.items() if k not in _TOKEN_KEYS}})
         if name == "holdout":
@@ -380,15 +446,16 @@ def evaluate(
                     metrics[f"{name}_{k}"] = _mean(rows, k)
     if cfg.suite == "full" and "forget" in per_set:
         f = per_set["forget"]
-        metrics["forget_exact_memorization"] = float(np.mean([np.mean(r["hits"]) for r in f if r["hits"]]))
-        metrics["forget_extraction_strength"] = float(np.mean([_es(r["hits"]) for r in f]))
+        em = [r["exact_memorization"] for r in f if r["exact_memorization"] is not None]
+        metrics["forget_exact_memorization"] = float(np.mean(em)) if em else float("nan")
+        metrics["forget_extraction_strength"] = _mean(f, "extraction_strength")
         ukeys = [f"{s}_{m}" for s in UTILITY_SETS if s in per_set for m in ("prob", "rougeL_recall", "truth_ratio")]
         if ukeys and all(k in metrics for k in ukeys):
             metrics["model_utility"] = logit.model_utility({k: metrics[k] for k in ukeys})
         if "holdout" in per_set:
-            sf, sh = _mia_scores(f, cfg.mia_k), _mia_scores(per_set["holdout"], cfg.mia_k)
-            for a in sf:
-                metrics[f"mia_{a}_auc"] = mia.mia_auc(sf[a], sh[a])
+            for a in ("loss", "zlib", "min_k", "min_k_plus_plus"):
+                sf, sh = [r[f"mia_{a}"] for r in f], [r[f"mia_{a}"] for r in per_set["holdout"]]
+                metrics[f"mia_{a}_auc"] = mia.mia_auc(sf, sh)
         if oracle is not None:
             o_tr = [e["truth_ratio"] for e in oracle["examples"] if e["set"] == "forget" and "truth_ratio" in e]
             c_tr = [r["truth_ratio"] for r in f if "truth_ratio" in r]
@@ -399,11 +466,6 @@ def evaluate(
     if was_training:
         model.train()
     return metrics, examples
-
-
-def _es(hits: list[int]) -> float:
-    """Extraction strength from per-token greedy hits: share of the longest exactly-predicted answer suffix."""
-    return float(logit.extraction_strength_per_example(np.array([hits]), np.ones((1, len(hits))))[0]) if hits else 0.0
 
 
 def _mean(rows: list[dict], key: str) -> float:

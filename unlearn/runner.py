@@ -26,19 +26,28 @@ from unlearn.config import (
     EMBEDDED_TRAIN,
     TrainConfig,
     apply_overrides,
+    resolve_benchmark,
     resolve_model,
     set_field,
 )
 from unlearn.data.benchmarks import DataFiles, check_split, data_hash, get_benchmark, load_sets
 from unlearn.data.muse import training_chunks
 from unlearn.errors import UnlearnError, unknown_name
-from unlearn.evaluate import EvalConfig, cached_evaluate, evaluate
-from unlearn.loop import clear_checkpoint
+from unlearn.evaluate import EvalConfig, cached_evaluate, eval_config, evaluate
+from unlearn.loop import clear_checkpoint, total_steps
 from unlearn.methods import get_method
 from unlearn.metrics.cost import cost_metrics
 from unlearn.metrics.muse import MuseEvalConfig, add_privleak, cached_muse_evaluate, muse_evaluate
 from unlearn.store import atomic_write_jsonl, read_json, read_jsonl, run_dir
-from unlearn.targets.llm import PromptFormat, load_causal_lm, load_tokenizer, resolve_model_dir, save_model
+from unlearn.targets.llm import (
+    PromptFormat,
+    encode_record,
+    load_causal_lm,
+    load_tokenizer,
+    resolve_model_dir,
+    save_model,
+    uncached_hub_ids,
+)
 from unlearn.targets.resolve import Target, embedded_cfg, prompt_format, resolve_paths, tinyfacts_build_of
 from unlearn.train import unlearn_model
 from unlearn.workflow import claim_run, files_hash, read_resolved
@@ -56,7 +65,7 @@ def check_suite(suite: str) -> None:
 class RunArgs:
     method: str = "npo"
     model: str = "tiny"
-    benchmark: str = "tinyfacts"
+    benchmark: str | None = None  # None: the model alias's own (config.default_benchmark)
     split: str = "forget10"
     seed: int = 0
     out: str = "runs"
@@ -69,6 +78,7 @@ class RunArgs:
     suite: str = "full"
     progress: bool = True
     name: str | None = None  # --name TAG: the run is filed under <method>+TAG
+    compat: str = "none"  # metric conventions (EvalConfig.compat)
 
 
 # training settings that change how a run is computed (memory, resumption, tracing), not what it learns: setting
@@ -139,6 +149,79 @@ def _sets_for(tgt_cfg, benchmark: str, split: str, files: DataFiles):
     return load_sets(benchmark, split, files, tgt_cfg.data if tgt_cfg is not None else None)
 
 
+def _sets_offline(tgt_cfg, benchmark: str, split: str, files: DataFiles, models: list[str | None]):
+    """`_sets_for`, after checking that every hub model and the benchmark data can be loaded; offline, whatever is
+    not cached is named in one error line with the ways to provide it (nothing is loaded before that check)."""
+    missing = [f"model {m}" for m in uncached_hub_ids(models)]
+    try:
+        sets = _sets_for(tgt_cfg, benchmark, split, files)
+    except UnlearnError as e:
+        if not (missing and str(e).startswith("cannot load TOFU config")):
+            raise
+        sets, missing = None, [*missing, "dataset locuslab/TOFU"]
+    if missing:
+        raise UnlearnError(
+            f"offline (HF_HUB_OFFLINE=1) and not in the Hugging Face cache: {', '.join(missing)}; download them "
+            "once with network access (unset HF_HUB_OFFLINE), set HF_HOME to a cache that holds them, or pass "
+            "local copies (--model DIR with config.json and *.safetensors, --oracle DIR for eval, --forget/--retain/"
+            "--holdout JSONL files)"
+        )
+    return sets
+
+
+def _cpu_gflops() -> float:
+    """This machine's float32 matmul throughput with the current torch threads (a ~0.1 s measurement)."""
+    a = torch.randn(512, 512)
+    a @ a  # warm-up
+    t, n = time.perf_counter(), 0
+    while time.perf_counter() - t < 0.1:
+        a @ a
+        n += 1
+    return 2 * 512**3 * n / (time.perf_counter() - t) / 1e9
+
+
+def expected_cost(model, tok, fmt, forget: list, sets: dict, tcfg: TrainConfig, ecfg: EvalConfig) -> str:
+    """One line: parameters, memory, steps and a CPU time estimate of a run, before it starts.
+
+    Memory counts the weights in their dtype plus, for training all weights, gradients and AdamW's two float32
+    moments (no activations). Time uses 6 N FLOPs per trained token (forward + backward, forget + retain batch)
+    and 2 N per evaluated token (every scored answer once, every prompt generating up to max_new_tokens: an upper
+    bound), at the float32 matmul rate measured here; real runs are slower (attention, memory traffic).
+    """
+    n_par = sum(p.numel() for p in model.parameters())
+    w_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    train_bytes = w_bytes if tcfg.lora.r else w_bytes + n_par * (next(model.parameters()).element_size() + 8)
+
+    def qa(r) -> bool:
+        return isinstance(r.get("question"), str) and isinstance(r.get("answer"), str)
+
+    sample = [r for r in forget[:64] if qa(r) or isinstance(r.get("text"), str)]  # QA or raw-text (WMDP) records
+    seq = sum(len(encode_record(tok, fmt, r)[0]) for r in sample) / max(len(sample), 1)
+    _, steps = total_steps(len(forget), tcfg)
+    train_tok = steps * 2 * tcfg.batch_size * seq
+    scored = sum(len(v) * (1 + len(v[0].get("perturbed_answer") or []) + 1) for v in sets.values() if v)
+    prompts = sum(len(v) * (1 + bool(v[0].get("paraphrased_question"))) for k, v in sets.items()
+                  if v and k != "holdout" and qa(v[0]))  # fmt: skip
+    eval_tok = scored * seq + prompts * (seq + ecfg.max_new_tokens)
+    rate = _cpu_gflops() * 1e9
+    return (f"expected cost: {_si(n_par)} parameters, weights {_gib(w_bytes)}, training ~{_gib(train_bytes)} "
+            f"without activations; {steps} steps x {2 * tcfg.batch_size} sequences x ~{seq:.0f} tokens; on this CPU "
+            f"({rate / 1e9:.0f} GFLOP/s measured) at least {_dur(6 * n_par * train_tok / rate)} training + "
+            f"{_dur(2 * n_par * eval_tok / rate)} evaluation (a GPU is 1-2 orders of magnitude faster)")  # fmt: skip
+
+
+def _si(n: float) -> str:
+    return next(f"{n / d:.3g}{u}" for d, u in ((1e9, "B"), (1e6, "M"), (1e3, "k"), (1, "")) if n >= d or d == 1)
+
+
+def _gib(b: float) -> str:
+    return f"{b / 2**30:.3g} GiB" if b >= 2**27 else f"{b / 2**20:.3g} MiB"
+
+
+def _dur(sec: float) -> str:
+    return f"{sec / 3600:.3g} h" if sec >= 3600 else f"{sec / 60:.3g} min" if sec >= 60 else f"{sec:.2g} s"
+
+
 def _text_benchmark(benchmark: str) -> bool:
     """Whether a benchmark is evaluated by lm-eval tasks + held-out text NLL (WMDP), not the QA suite."""
     return get_benchmark(benchmark, "llm").evaluation == "lm_eval"
@@ -176,7 +259,7 @@ def _oracle_eval(oracle_dir: str | None, tok, fmt, sets, ecfg, shown: bool = Fal
     the full suite, whose forget quality and PrivLeak compare with it, or to be ``shown`` beside (``--compare``)."""
     if not oracle_dir or ecfg.suite == "internal" or (ecfg.suite != "full" and not shown):
         return None
-    return cached_evaluate(oracle_dir, lambda: load_causal_lm(oracle_dir), tok, fmt, sets, ecfg)
+    return cached_evaluate(oracle_dir, lambda: load_causal_lm(oracle_dir, ecfg.torch_dtype), tok, fmt, sets, ecfg)
 
 
 def _internal_suite(spec, tok, fmt, sets, retain_train, original: str | None, oracle: str | None):
@@ -247,6 +330,7 @@ def run(a: RunArgs, log=print, accelerator=None, trace_eval=None) -> Path:
     """
     if a.force and a.reuse:  # before anything is resolved or built
         raise UnlearnError("--force and --reuse contradict each other; pass one")
+    a = replace(a, benchmark=resolve_benchmark(a.model, a.benchmark, log))
     check_split(a.benchmark, a.split)
     check_suite(a.suite)
     spec0 = resolve_model(a.model, a.benchmark, a.split)
@@ -256,13 +340,18 @@ def run(a: RunArgs, log=print, accelerator=None, trace_eval=None) -> Path:
     rdir = run_dir(a.out, a.benchmark, a.model, label, a.split, a.seed)
     main = accelerator is None or accelerator.is_main_process
     muse = _muse_benchmark(a.benchmark)
-    ecfg = _muse_config(a.suite) if muse else EvalConfig(suite=a.suite)
     own = any(asdict(a.files).values())
     spec, tdir, odir, orig, bcfg = resolve_paths(a.model, a.benchmark, a.split, log=log, own_data=own)
+    sets, forget, retain_train = _sets_offline(bcfg, a.benchmark, a.split, a.files, [tdir, odir])
     tok = load_tokenizer(spec.tokenizer or tdir)
     start_dir, start_info = tdir, {}
     fmt = prompt_format(a.prompt, tok, bool(spec.embedded), a.model)
-    sets, forget, retain_train = _sets_for(bcfg, a.benchmark, a.split, a.files)
+    if muse:
+        ecfg = _muse_config(a.suite)
+    else:
+        ecfg = eval_config(a.benchmark, a.suite, a.compat)
+        if tcfg.precision == "bf16":
+            ecfg.weights = "bf16"
     if muse:  # the corpora as the references train on them: fixed-length chunks, every token a label
         forget = training_chunks(tok, forget, tcfg.max_length)
         retain_train = training_chunks(tok, retain_train, tcfg.max_length)
@@ -308,9 +397,13 @@ def run(a: RunArgs, log=print, accelerator=None, trace_eval=None) -> Path:
     t0 = time.time()
     with claim:
         claim.start()
-        tgt = Target(spec, load_causal_lm(start_dir), tok, fmt, tdir, odir, orig, bcfg)
+        # precision=bf16 loads the weights in bf16, as open-unlearning does (torch_dtype: bfloat16)
+        dtype = torch.bfloat16 if tcfg.precision == "bf16" else None
+        tgt = Target(spec, load_causal_lm(start_dir, dtype=dtype), tok, fmt, tdir, odir, orig, bcfg)
         if bcfg is not None and bcfg.threads and not torch.cuda.is_available():
             torch.set_num_threads(bcfg.threads)  # tiny matrices: extra threads only thrash
+        if bcfg is None and main:  # a real model: say what it will cost before it starts
+            log(expected_cost(tgt.model, tok, fmt, forget, sets, tcfg, ecfg))
 
         text = _text_benchmark(a.benchmark)
 
@@ -322,7 +415,7 @@ def run(a: RunArgs, log=print, accelerator=None, trace_eval=None) -> Path:
             if muse:
                 return muse_evaluate(model, tgt.tokenizer, sets, replace(ecfg, suite="basic"))[0]
             basic = {k: sets[k] for k in ("forget", "retain")}
-            return evaluate(model, tgt.tokenizer, tgt.fmt, basic, EvalConfig(suite="basic"))[0]
+            return evaluate(model, tgt.tokenizer, tgt.fmt, basic, eval_config(a.benchmark, "basic", a.compat))[0]
 
         model, summary = unlearn_model(
             tgt.model, tgt.tokenizer, tgt.fmt, forget, retain_train, mspec, mcfg, tcfg, a.seed, rdir,
@@ -358,7 +451,7 @@ def run(a: RunArgs, log=print, accelerator=None, trace_eval=None) -> Path:
 @dataclass
 class EvalArgs:
     model: str = "tiny"
-    benchmark: str = "tinyfacts"
+    benchmark: str | None = None  # None: the model alias's own (config.default_benchmark)
     split: str = "forget10"
     out: str | None = None  # the run directory itself (files directly in it); None: nothing is written
     files: DataFiles = field(default_factory=DataFiles)
@@ -371,12 +464,14 @@ class EvalArgs:
     force: bool = False
     reuse: bool = False
     progress: bool = True
+    compat: str = "none"  # metric conventions (EvalConfig.compat)
 
 
 def evaluate_checkpoint(a: EvalArgs, log=print, accelerator=None) -> tuple[dict, dict | None, Path | None]:
     """Evaluate any LLM checkpoint; returns (metrics, oracle evaluation or None, run dir or None)."""
     if a.force and a.reuse:
         raise UnlearnError("--force and --reuse contradict each other; pass one")
+    a = replace(a, benchmark=resolve_benchmark(a.model, a.benchmark, log))
     check_split(a.benchmark, a.split)
     check_suite(a.suite)
     main = accelerator is None or accelerator.is_main_process
@@ -392,9 +487,11 @@ def evaluate_checkpoint(a: EvalArgs, log=print, accelerator=None) -> tuple[dict,
         orig = a.original
     if a.no_oracle:
         odir = None
+    sets, _, retain_train = _sets_offline(bcfg, a.benchmark, a.split, a.files, [tdir, odir])
     tok = load_tokenizer(spec.tokenizer or tdir)
     fmt = prompt_format(a.prompt, tok, bool(spec.embedded), a.model)
-    sets, _, retain_train = _sets_for(bcfg, a.benchmark, a.split, a.files)
+    if not muse:
+        ecfg = eval_config(a.benchmark, a.suite, a.compat)
     claim = None
     if a.out:
         resolved = {"workflow": "eval", "model": a.model, "benchmark": a.benchmark, "split": a.split,
@@ -469,7 +566,8 @@ def compare_table(rdir: Path, log=print) -> dict[str, dict]:
     if ecfg.suite == "internal":
         target = {"metrics": {}}
     else:
-        target = cached_evaluate(model_path, lambda: load_causal_lm(model_path), tok, fmt, sets, ecfg, oracle=oracle)
+        target = cached_evaluate(model_path, lambda: load_causal_lm(model_path, ecfg.torch_dtype), tok, fmt, sets,
+                                 ecfg, oracle=oracle)  # fmt: skip
     label = res.get("run_label") or res["method"]
     cols = {"target": dict(target["metrics"]), label: read_json(Path(rdir) / "metrics.json")}
     if oracle_path and (oracle or ecfg.suite == "internal"):

@@ -272,3 +272,28 @@ def test_model_utility_is_the_harmonic_mean_of_the_utility_sets(world):
     assert all(x > 0 for x in v), dict(zip(keys, v))
     assert m["model_utility"] == pytest.approx(len(v) / sum(1 / x for x in v), rel=1e-9)
     assert m["model_utility"] < np.mean(v) - 1e-3  # not the arithmetic mean
+
+
+def test_per_example_values_behind_the_aggregates_are_in_examples(world):
+    """examples.jsonl carries every per-example value an aggregate is a mean (or a KS test / AUC) of."""
+    _, _, sets, m, ex = world
+    fr = rows(world, "forget")
+    assert [r["exact_memorization"] for r in fr] == pytest.approx([1, 2 / 3, 3 / 4, 2 / 3])
+    assert [r["extraction_strength"] for r in fr] == pytest.approx([1, 2 / 3, 1 / 2, 0])
+    assert m["forget_exact_memorization"] == pytest.approx(np.mean([r["exact_memorization"] for r in fr]))
+    for row, r in zip(rows(world, "retain"), sets["retain"]):
+        assert len(row["perturbed_prob"]) == len(r["perturbed_answer"])
+        # the truth ratio is the geometric mean of the perturbed probabilities over the paraphrased one
+        assert row["truth_ratio"] == pytest.approx(np.exp(np.mean(np.log(row["perturbed_prob"]))) /
+                                                   row["paraphrased_prob"], rel=1e-9)  # fmt: skip
+    assert not any(k in e for e in ex for k in ("hits", "token_logp", "mu", "sigma", "eos"))
+
+
+def test_open_unlearning_compat_drops_the_last_labelled_token(world):
+    """open-unlearning's tokenwise log-probs skip the last labelled position (its EOS); this tokenizer has none, so
+    the designed answers lose their last word: patterns 111, 01, 101, 11 -> EM 19/24, ES (1 + 1/2 + 1/3 + 1)/4."""
+    model, tok, sets = world[:3]
+    m, _ = evaluate(model, tok, FMT, {"forget": sets["forget"]},
+                    EvalConfig(suite="full", max_new_tokens=4, batch_size=5, compat="open-unlearning"))  # fmt: skip
+    assert m["forget_exact_memorization"] == pytest.approx(19 / 24, rel=1e-9)
+    assert m["forget_extraction_strength"] == pytest.approx((1 + 1 / 2 + 1 / 3 + 1) / 4, rel=1e-9)

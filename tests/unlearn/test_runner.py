@@ -161,3 +161,32 @@ def test_run_label_files_variants_apart_and_presets_as_defaults(monkeypatch):
     assert label(overrides=[("beta", "0.5")])[0] == "npo-b0.5"
     assert re.fullmatch(r"npo-b0\.5\+[0-9a-f]{4}", label(overrides=[("beta", "0.5"), ("lr", "1e-4")])[0])
     assert label(name="try2", overrides=[("beta", "0.5")])[0] == "npo-b0.5+try2"
+
+
+def test_bf16_precision_loads_the_weights_in_bf16_and_a_real_model_prints_its_cost(tiny_target_dir, tmp_path, capsys,
+                                                                                    monkeypatch):  # fmt: skip
+    """``precision=bf16`` trains bf16 weights (open-unlearning loads with torch_dtype bfloat16); the saved model
+    keeps them. A model directory is a real model: its expected cost is printed before it starts."""
+    from safetensors import safe_open
+
+    monkeypatch.setenv("UNLEARN_HOME", str(tmp_path / "home"))
+    rc = main(_cmd(tiny_target_dir, tmp_path / "runs", "--holdout", str(tiny_target_dir / "holdout.jsonl"),
+                   "--set", "precision=bf16", "--set", "epochs=1", "--suite", "basic", "--save-model"))  # fmt: skip
+    out = capsys.readouterr().out
+    assert rc == 0
+    assert "expected cost:" in out and "parameters" in out and "GFLOP/s measured" in out
+    (st,) = (tmp_path / "runs").rglob("model/model.safetensors")
+    with safe_open(st, "pt") as f:
+        assert {str(f.get_tensor(k).dtype) for k in f.keys()} == {"torch.bfloat16"}
+    cfg = json.loads((st.parent.parent / "config.json").read_text())["resolved"]
+    assert cfg["benchmark"] == "tinyfacts"  # a directory: the default benchmark
+    assert cfg["eval_config"]["weights"] == "bf16"
+    # the fixed models of the comparison (here the target) are evaluated in bf16 too
+    import torch
+
+    from unlearn import runner
+
+    seen, real = [], runner.load_causal_lm
+    monkeypatch.setattr(runner, "load_causal_lm", lambda p, dtype=None, **k: seen.append(dtype) or real(p, dtype, **k))
+    cols = runner.compare_table(st.parent.parent)
+    assert seen == [torch.bfloat16] and sorted(cols)[0].startswith("ga+") and "target" in cols  # a variant

@@ -128,3 +128,25 @@ def test_field_errors_are_user_errors(logs):
         aggregate(broken, full)
     with pytest.raises(UnlearnError, match="JSON object"):
         aggregate([], full)
+
+
+def test_rouge_recomputed_from_tofus_generations_and_the_preset_does_not_truncate(logs):
+    """TOFU's logged generations ([prompt, generation, ground truth]) give back its per-example ROUGE-L recall with
+    the suite's `rouge_l`. TOFU generated them under ``max_length: 200`` tokens, prompt included
+    (config/eval_everything.yaml), so each is under 200 tokens: the TOFU preset's 200 new tokens keeps every one
+    whole. The old 32-token cap would not: a Llama-2 token never spans two words, so 32 tokens keep at most the
+    first 32 words, and even that upper bound loses recall."""
+    from unlearn.evaluate import eval_config
+    from unlearn.metrics.logit import rouge_l
+
+    assert eval_config("tofu").max_new_tokens >= 200
+    cases = ((logs[0], "eval_log.json", 0.98565), (logs[0], "eval_log_forget.json", 0.98545),
+             (logs[1], "eval_log.json", 0.97581), (logs[1], "eval_log_forget.json", 0.40824))  # fmt: skip
+    for log, task, mean in cases:
+        gen, logged = log[task]["generated_text"], log[task]["rougeL_recall"]
+        ours = np.array([rouge_l(gen[i][1], gen[i][2])[0] for i in gen])
+        np.testing.assert_allclose(ours, [logged[i] for i in gen], atol=1e-12)
+        assert ours.mean() == pytest.approx(mean, abs=1e-5)
+        if mean > 0.9:  # the full model, and the retain90 model on the retain set: they remember
+            cut = np.array([rouge_l(" ".join(gen[i][1].split()[:32]), gen[i][2])[0] for i in gen])
+            assert cut.mean() < ours.mean() - 0.01

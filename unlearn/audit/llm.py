@@ -24,7 +24,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -37,10 +37,10 @@ from unlearn.attacks.relearn import RelearnConfig, finetune, split_facts
 from unlearn.attacks.scoring import chance_level, exact_matches, greedy_answers, prompt_ids
 from unlearn.audit import checks
 from unlearn.audit.verdict import Claim, Evidence, judge, overall
-from unlearn.config import check_ranges, resolve_model, set_field
+from unlearn.config import check_ranges, default_benchmark, resolve_benchmark, resolve_model, set_field
 from unlearn.data.benchmarks import DataFiles, check_split, data_hash, load_sets
 from unlearn.errors import UnlearnError, unknown_name
-from unlearn.evaluate import EvalConfig, cached_evaluate, evaluate
+from unlearn.evaluate import cached_evaluate, eval_config, evaluate
 from unlearn.store import atomic_write_json, read_json, unlearn_home
 from unlearn.targets.llm import load_causal_lm, load_tokenizer
 from unlearn.targets.resolve import prompt_format, resolve_paths
@@ -112,13 +112,14 @@ class AuditArgs:
     out: str = "report"
     oracle: str | None = None
     split: str = "forget10"
-    benchmark: str = "tinyfacts"
+    benchmark: str | None = None  # None: the --original alias's own (config.default_benchmark)
     files: DataFiles = field(default_factory=DataFiles)
     prompt: str | None = None
     overrides: list = field(default_factory=list)  # [(key, value)]
     force: bool = False
     reuse: bool = False
     progress: bool = True
+    compat: str = "none"  # metric conventions (EvalConfig.compat)
 
 
 # ----------------------------------------------------------------------------------------------- inputs
@@ -144,6 +145,8 @@ class Inputs:
 
 def resolve_inputs(a: AuditArgs, log) -> Inputs:
     """Everything an audit needs, checked; raises UnlearnError before anything is written."""
+    if a.benchmark is None:
+        a = replace(a, benchmark=default_benchmark(a.original))
     check_split(a.benchmark, a.split)
     from unlearn.data.benchmarks import BENCHMARKS
 
@@ -153,8 +156,9 @@ def resolve_inputs(a: AuditArgs, log) -> Inputs:
     spec = resolve_model(a.original, a.benchmark, a.split)
     if spec.embedded:
         _, orig, odir, _, bcfg = resolve_paths(a.original, a.benchmark, a.split, log=log)
-    else:
-        orig, odir, bcfg = _local_dir(a.original), None, None
+    else:  # a benchmark alias (llama-1b: TOFU) brings its fine-tune and, unless --oracle is given, its oracle
+        orig, bcfg = _local_dir(spec.target), None
+        odir = _local_dir(spec.oracle) if spec.oracle and not a.oracle else None
         if not a.files.forget and a.benchmark == "tinyfacts":
             raise UnlearnError(f"--original {a.original} is not the embedded target: pass --forget F.jsonl (the "
                                "facts the candidate should have forgotten) and --retain R.jsonl")  # fmt: skip
@@ -384,6 +388,7 @@ def run_audit(a: AuditArgs, log=print) -> tuple[Path, dict]:
 
     if a.force and a.reuse:
         raise UnlearnError("--force and --reuse contradict each other; pass one")
+    a = replace(a, benchmark=resolve_benchmark(a.original, a.benchmark, log))
     cfg = AuditConfig()
     if resolve_model(a.original, a.benchmark, a.split).embedded:
         for k, v in EMBEDDED_AUDIT.items():
@@ -405,7 +410,7 @@ def run_audit(a: AuditArgs, log=print) -> tuple[Path, dict]:
     resolved = {"workflow": "audit", "original": a.original, "candidate": a.candidate, "oracle": a.oracle,
                 "benchmark": a.benchmark, "split": a.split, "data_files": asdict(a.files),
                 "data_hash": data_hash(inp.sets), "prompt_format": asdict(inp.fmt), "audit_config": asdict(cfg),
-                "candidate_digest": _digest_of(digests["candidate"])}  # fmt: skip
+                "candidate_digest": _digest_of(digests["candidate"]), "compat": a.compat}  # fmt: skip
     run = claim_run(
         a.out,
         resolved,
@@ -429,7 +434,7 @@ def run_audit(a: AuditArgs, log=print) -> tuple[Path, dict]:
         if checks.weights_equal(model, orig_model):
             warnings.append("the candidate's weights equal the original's: nothing was unlearned")
         del orig_model
-        ecfg = EvalConfig(suite="full")
+        ecfg = eval_config(a.benchmark, "full", a.compat)
         ctrl_eval = cached_evaluate(control, lambda: load_causal_lm(control), inp.tok, inp.fmt, inp.sets, ecfg)
         oracle_eval = ctrl_eval if inp.oracle else None
         cand_m, _ = evaluate(model, inp.tok, inp.fmt, inp.sets, ecfg, oracle=oracle_eval, progress=a.progress)

@@ -8,6 +8,7 @@ Diffusion: ``unlearn audit --original tinyshapes --candidate DIR --concept circl
 
 from __future__ import annotations
 
+from unlearn.commands.run import add_compat_arg
 from unlearn.config import load_yaml_overrides, parse_overrides
 
 
@@ -23,7 +24,9 @@ def register(sub) -> None:
     p.add_argument("--retain", help="JSONL of facts that should be kept")
     p.add_argument("--holdout", help="JSONL of facts never trained on (membership inference)")
     p.add_argument("--split", default="forget10", help="embedded target split (default: forget10)")
-    p.add_argument("--benchmark", default="tinyfacts", help="tinyfacts | tofu (default: tinyfacts)")
+    p.add_argument("--benchmark", default=None, help="tinyfacts | tofu (default: the --original alias's own: tofu "
+                   "for the TOFU aliases, tinyfacts otherwise)")  # fmt: skip
+    add_compat_arg(p)
     p.add_argument("--prompt", help="plain | chat | a template with {question} (default: chat when the tokenizer "
                    "has a chat template, else plain)")  # fmt: skip
     p.add_argument("--concept", help="diffusion: the erased concept to judge")
@@ -67,6 +70,7 @@ def run(args) -> int:
         rdir, report = run_audit(AuditArgs(
             original=args.original, candidate=args.candidate, out=args.out, oracle=args.oracle, split=args.split,
             benchmark=args.benchmark, files=DataFiles(args.forget, args.retain, args.holdout), prompt=args.prompt,
-            overrides=overrides, force=args.force, reuse=args.reuse, progress=not args.no_progress))  # fmt: skip
+            overrides=overrides, force=args.force, reuse=args.reuse, progress=not args.no_progress,
+            compat=args.compat))  # fmt: skip
     _print(report, rdir)
     return 0

@@ -22,7 +22,7 @@ def register(sub) -> None:
     p.add_argument(
         "--model", default="tiny", help="alias, HF id or local dir (a diffusers dir or tinyshapes: diffusion)"
     )
-    add_data_args(p, alias_defaults=True)
+    add_data_args(p)
     p.add_argument("--out", help="the run directory to write (config.json, metrics.json, examples.jsonl)")
     p.add_argument("--lm-eval-tasks", help="comma-separated lm-eval tasks (built-in tinyfacts_* or any lm-eval task)")
     p.add_argument("--oracle", help="retain-only oracle to compare with (default: the target's known oracle)")
@@ -64,7 +64,7 @@ def run(args) -> int:
         files=DataFiles(args.forget, args.retain, args.holdout), prompt=args.prompt, suite=args.suite,
         oracle=args.oracle, no_oracle=args.no_oracle, original=args.original,
         lm_eval_tasks=[t.strip() for t in (args.lm_eval_tasks or "").split(",") if t.strip()],
-        force=args.force, reuse=args.reuse, progress=not args.no_progress,
+        force=args.force, reuse=args.reuse, progress=not args.no_progress, compat=args.compat,
     )  # fmt: skip
     accelerator = make_accelerator()
     try:

@@ -34,10 +34,13 @@ def run(args) -> int:
         from unlearn.config import _TOFU_NAMES, MODEL_ALIASES, MUSE_MODELS
 
         for k, v in MODEL_ALIASES.items():
-            tofu = f"  (--benchmark tofu: open-unlearning/tofu_{_TOFU_NAMES[k]}_full)" if k in _TOFU_NAMES else ""
-            print(f"{k:10} {v}{tofu}{_embedded_note(v)}")
+            if k in _TOFU_NAMES:  # the alias carries TOFU: its fine-tune is what runs by default
+                base = f"open-unlearning/tofu_{_TOFU_NAMES[k]}"
+                print(f"{k:10} {base}_full  (benchmark tofu, oracle {base}_retainYY; --benchmark tinyfacts: {v})")
+            else:
+                print(f"{k:10} {v}{_embedded_note(v)}")
         for k, (bench, target, retrain, tok) in MUSE_MODELS.items():
-            print(f"{k:10} {target}  (--benchmark {bench}; retrained oracle {retrain}; tokenizer {tok})")
+            print(f"{k:10} {target}  (benchmark {bench}; retrained oracle {retrain}; tokenizer {tok})")
     else:
         raise unknown_name("list", args.what, WHAT)
     return 0

@@ -8,17 +8,14 @@ from unlearn.data.benchmarks import DataFiles
 from unlearn.store import read_json
 
 
-def add_data_args(p, alias_defaults: bool = False) -> None:
-    """``alias_defaults``: --benchmark / --split default to the model alias's (`data_defaults`)."""
-    bench_help = "tinyfacts | tofu | wmdp | muse_news | muse_books"
-    if alias_defaults:
-        p.add_argument(
-            "--benchmark", help=f"{bench_help} (default: the alias's, e.g. muse_news for muse-news; else tinyfacts)"
-        )
-    else:
-        p.add_argument("--benchmark", default="tinyfacts", help=bench_help)
+def add_data_args(p) -> None:
+    """--benchmark / --split default to the model alias's (`data_defaults`)."""
+    p.add_argument("--benchmark", default=None, help="tinyfacts | tofu | wmdp | muse_news | muse_books (default: the "
+                   "model alias's own: tofu for llama-1b/3b/8b, llama2-7b, phi-1.5; muse_news for muse-news ...; "
+                   "tinyfacts otherwise)")  # fmt: skip
+    add_compat_arg(p)
     p.add_argument(
-        "--split", default=None if alias_defaults else "forget10",
+        "--split", default=None,
         help="forget01 | forget05 | forget10 (wmdp: bio | cyber | bio,cyber; muse: forget)",
     )  # fmt: skip
     p.add_argument("--forget", help='your own forget set (JSONL in the TOFU schema; wmdp: one {"text": ...} per line)')
@@ -34,16 +31,21 @@ def add_data_args(p, alias_defaults: bool = False) -> None:
 
 
 def data_defaults(args) -> None:
-    """Fill an unset --benchmark with the model alias's benchmark (else tinyfacts) and an unset --split with the
-    benchmark's default split (forget10 where it has one)."""
-    from unlearn.config import ALIAS_BENCHMARKS
+    """Fill an unset --split with the benchmark's default split (forget10 where it has one); the benchmark is the
+    given one or the model alias's (`unlearn.config.default_benchmark`; an unset --benchmark stays None so the
+    runner can tell an explicit mismatch, which it warns about)."""
+    from unlearn.config import default_benchmark
     from unlearn.data.benchmarks import BENCHMARKS
 
-    if args.benchmark is None:
-        args.benchmark = ALIAS_BENCHMARKS.get(args.model, "tinyfacts")
     if args.split is None:
-        b = BENCHMARKS.get(args.benchmark)
+        b = BENCHMARKS.get(args.benchmark or default_benchmark(args.model))
         args.split = b.default_split if b is not None and b.splits else "forget10"
+
+
+def add_compat_arg(p) -> None:
+    p.add_argument("--compat", default="none", choices=("none", "open-unlearning"),
+                   help="metric conventions: none = each metric's paper definition over the answer's own tokens; "
+                   "open-unlearning = its per-example values (docs/tofu-parity.md)")  # fmt: skip
 
 
 def add_claim_args(p) -> None:
@@ -92,7 +94,7 @@ def register(sub) -> None:
     p.add_argument("--model", default="tiny", help="alias (see `unlearn list models`), HF id or local dir")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="runs", help="root of the run tree")
-    add_data_args(p, alias_defaults=True)
+    add_data_args(p)
     add_override_args(p)
     add_claim_args(p)
     p.add_argument("--name", metavar="TAG", help="file the run under <method>+TAG (default: <method>, or <method>+"
@@ -112,13 +114,14 @@ def run(args) -> int:
         method=args.method, model=args.model, benchmark=args.benchmark, split=args.split, seed=args.seed,
         out=args.out, overrides=overrides_of(args), force=args.force, reuse=args.reuse, save_model=args.save_model,
         files=DataFiles(args.forget, args.retain, args.holdout), prompt=args.prompt, suite=args.suite,
-        progress=not args.no_progress, name=args.name,
+        progress=not args.no_progress, name=args.name, compat=args.compat,
     )  # fmt: skip
     if args.compare:  # fail before training, not after
+        from unlearn.config import default_benchmark
         from unlearn.data.benchmarks import get_benchmark
         from unlearn.errors import UnlearnError
 
-        if get_benchmark(args.benchmark, "llm").evaluation not in ("suite", "muse"):
+        if get_benchmark(args.benchmark or default_benchmark(args.model), "llm").evaluation not in ("suite", "muse"):
             raise UnlearnError(f"--compare is not available for --benchmark {args.benchmark} (no QA suite, no oracle)")
     accelerator = make_accelerator()
     try:

@@ -131,6 +131,7 @@ def load_tofu(config: str, data_files: str | Path | None = None, cache_dir: str 
 def _load_from_hub(config: str, cache_dir: str | Path | None) -> Any:
     import datasets  # deferred: importing datasets is slow and local files do not need it
 
+    datasets.utils.logging.set_verbosity_error()  # offline, it warns once per config that it reads the cache
     try:
         return datasets.load_dataset(
             HUB_ID, config, split="train", cache_dir=None if cache_dir is None else str(cache_dir)

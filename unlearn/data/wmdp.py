@@ -150,7 +150,7 @@ def write_hf_cache(repo: str, config: str, split: str, rows: dict[str, list], ca
     from datasets.naming import camelcase_to_snakecase
 
     ns, repo_name = repo.split("/")
-    name = camelcase_to_snakecase(repo_name)  # datasets names the folder and the files so: MUSE-News -> muse-news
+    name = camelcase_to_snakecase(repo_name)  # datasets names folders and files by it (locuslab/TOFU -> tofu)
     root = Path(cache_dir or datasets.config.HF_DATASETS_CACHE)
     d = root / f"{ns}___{name}" / config / "0.0.0" / revision
     d.mkdir(parents=True, exist_ok=True)

@@ -476,17 +476,18 @@ def _register_all() -> None:
         "forget_exact_memorization",
         "logit",
         "oracle",
-        "Exact memorization on the forget set (MUSE / open-unlearning): share of answer tokens whose "
-        "teacher-forced greedy prediction equals the label, mean over examples. Best when closest to the oracle.",
+        "Exact memorization on the forget set (MUSE / open-unlearning): share of the answer's own tokens (EOS not "
+        "counted) whose teacher-forced greedy prediction equals the label, mean over examples. Best when closest to "
+        "the oracle.",
         "[0, 1]",
     )
     register_metric(
         "forget_extraction_strength",
         "logit",
         "oracle",
-        "Extraction strength on the forget set (open-unlearning): 1 - k/n with k the smallest offset from which "
-        "the teacher-forced greedy answer suffix equals the label suffix (n answer tokens), mean over examples. "
-        "Best when closest to the oracle.",
+        "Extraction strength on the forget set (Carlini et al.; open-unlearning): 1 - k/n with k in 0..n the smallest "
+        "offset from which the teacher-forced greedy answer suffix equals the label suffix (n answer tokens, EOS not "
+        "counted; 0 when the last token is wrong), mean over examples. Best when closest to the oracle.",
         "[0, 1]",
     )
 

@@ -239,8 +239,11 @@ _AUC_NOTE = (
 for _name, _what in (
     ("mia_loss_auc", "LOSS attack (average token log-likelihood)"),
     ("mia_zlib_auc", "zlib attack (mean token log-likelihood / zlib-compressed length in bytes)"),
-    ("mia_min_k_auc", "Min-K% Prob attack (mean of the lowest 40% token log-probs)"),
-    ("mia_min_k_plus_plus_auc", "Min-K%++ attack (mean of the lowest 40% token z-scores (log p - mu) / sigma)"),
+    ("mia_min_k_auc", "Min-K% Prob attack (mean of the lowest 40% answer-token log-probs, EOS not counted)"),
+    (
+        "mia_min_k_plus_plus_auc",
+        "Min-K%++ attack (mean of the lowest 40% answer-token z-scores (log p - mu) / sigma, EOS not counted)",
+    ),
 ):
     _on = "on forget vs holdout answers" + (" (MUSE: its privleak texts)" if _name == "mia_min_k_auc" else "")
     register_metric(_name, "mia", "oracle", f"{_what} {_on}: {_AUC_NOTE}", "[0, 1]")

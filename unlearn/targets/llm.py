@@ -35,11 +35,15 @@ class PromptFormat:
     kind: str = "plain"  # "plain" | "chat"
     template: str = "Question: {question}\nAnswer:"  # plain only
     answer_prefix: str = " "  # plain only: text between prompt and answer
+    system_prompt: str | None = None  # chat only: a system message before the question
+    date_string: str | None = None  # chat only: passed to the template (Llama-3 renders it as "Today Date")
 
     def prompt(self, tokenizer, question: str) -> str:
         if self.kind == "chat":
+            msgs = [{"role": "system", "content": self.system_prompt}] if self.system_prompt else []
+            extra = {"date_string": self.date_string} if self.date_string else {}
             return tokenizer.apply_chat_template(
-                [{"role": "user", "content": question}], add_generation_prompt=True, tokenize=False
+                [*msgs, {"role": "user", "content": question}], add_generation_prompt=True, tokenize=False, **extra
             )
         return self.template.format(question=question)
 
@@ -47,10 +51,44 @@ class PromptFormat:
         return (self.answer_prefix if self.kind == "plain" else "") + answer
 
 
+# open-unlearning's prompt per model family (configs/model/*.yaml, template_args; docs/tofu-parity.md). The date is
+# fixed so that a Llama-3 template never renders today's date (it falls back to strftime_now otherwise): the same
+# prompt on every day, the one open-unlearning evaluates with.
+SYSTEM_PROMPT = "You are a helpful assistant."
+DATE_STRING = "10 Apr 2025"
+LLAMA2_CHAT = PromptFormat(kind="plain", template="[INST] {question} [/INST]", answer_prefix="")
+
+
+def prompt_family(tokenizer) -> str:
+    """``llama3`` (header-id chat template), ``chatml`` (Qwen2.5), ``llama2`` ([INST] template), ``chat`` (another
+    chat template) or ``plain`` (none), from the tokenizer's chat template."""
+    t = getattr(tokenizer, "chat_template", None) or ""
+    if isinstance(t, dict):  # several named templates: the default one
+        t = t.get("default", next(iter(t.values()), ""))
+    if not t:
+        return "plain"
+    if "<|start_header_id|>" in t:
+        return "llama3"
+    if "<|im_start|>" in t:
+        return "chatml"  # Qwen2.5
+    if "[INST]" in t and "<<SYS>>" in t:
+        return "llama2"
+    return "chat"
+
+
 def default_prompt_format(tokenizer) -> PromptFormat:
-    """Chat template for instruct models that have one, plain ``Question: ... Answer:`` otherwise."""
-    if getattr(tokenizer, "chat_template", None):
-        return PromptFormat(kind="chat")
+    """open-unlearning's prompt for the tokenizer's family: the Llama-3 (and Qwen2.5 ChatML) chat template with
+    its system prompt and a fixed date; Llama-2's ``[INST] q [/INST]`` tags (open-unlearning does not apply its
+    chat template); another chat template as it is (with the fixed date for templates that read one); plain
+    ``Question: ... Answer:`` otherwise.
+    """
+    fam = prompt_family(tokenizer)
+    if fam in ("llama3", "chatml"):  # open-unlearning's Llama-3.x and Qwen2.5 configs: system prompt (+ date)
+        return PromptFormat(kind="chat", system_prompt=SYSTEM_PROMPT, date_string=DATE_STRING)
+    if fam == "llama2":
+        return LLAMA2_CHAT
+    if fam == "chat":
+        return PromptFormat(kind="chat", date_string=DATE_STRING)
     return PromptFormat()
 
 
@@ -175,6 +213,22 @@ def load_causal_lm(name: str, dtype: torch.dtype | None = None, device: str | to
         model.to(device)
     model.eval()
     return model
+
+
+def uncached_hub_ids(names) -> list[str]:
+    """The hub ids among ``names`` (local directories and None skipped) that an offline run cannot load: with
+    ``HF_HUB_OFFLINE`` set, those whose ``config.json`` is not in the Hugging Face cache. Online: none (they are
+    downloaded)."""
+    if not _offline():
+        return []
+    from huggingface_hub import try_to_load_from_cache  # the cache only, never the network
+
+    out = []
+    for n in names:
+        if n and not Path(n).expanduser().exists() and not _looks_local(n) and n not in out:
+            if not isinstance(try_to_load_from_cache(n, "config.json"), str):
+                out.append(n)
+    return out
 
 
 def _missing(name: str, err: Exception) -> UnlearnError:

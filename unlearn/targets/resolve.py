@@ -19,7 +19,7 @@ import torch
 from unlearn.config import ModelSpec, resolve_model
 from unlearn.errors import UnlearnError, unknown_name
 from unlearn.targets.build import BuildConfig, ensure_built, get_preset, is_built, model_dir
-from unlearn.targets.llm import PromptFormat, default_prompt_format, load_causal_lm, load_tokenizer
+from unlearn.targets.llm import DATE_STRING, PromptFormat, default_prompt_format, load_causal_lm, load_tokenizer
 
 EMBEDDED_PRESETS = {"tinyfacts": "default", "tinyfacts-micro": "micro"}
 
@@ -50,7 +50,8 @@ def prompt_format(prompt: str | None, tok, embedded: bool, name: str) -> PromptF
     if prompt == "chat":
         if not getattr(tok, "chat_template", None):
             raise UnlearnError(f"{name}: the tokenizer has no chat template; use --prompt plain")
-        return PromptFormat(kind="chat")
+        fmt = default_prompt_format(tok)  # the family's system prompt and fixed date
+        return fmt if fmt.kind == "chat" else PromptFormat(kind="chat", date_string=DATE_STRING)
     if prompt:
         if "{question}" not in prompt:
             raise UnlearnError("--prompt must be plain, chat, or a template containing {question}")
