@@ -27,7 +27,8 @@ def llm_methods() -> list[str]:
 
     # needle edits validated concept vectors, and the embedded target has none (concept_vectors/README.md): on it
     # every needle run would stop with its exit-2 line; `--methods needle` still runs it
-    return [m.name for m in list_methods() if m.target == "llm" and m.name != "needle"]
+    # dp2 trains a DP base per (epsilon, unit) and has its own table (benchmarks/dp2_table.py -> results/dp2.*)
+    return [m.name for m in list_methods() if m.target == "llm" and m.name not in ("needle", "dp2")]
 
 
 def main(argv: list[str] | None = None) -> int:

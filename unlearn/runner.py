@@ -149,10 +149,12 @@ def _sets_for(tgt_cfg, benchmark: str, split: str, files: DataFiles):
     return load_sets(benchmark, split, files, tgt_cfg.data if tgt_cfg is not None else None)
 
 
-def _sets_offline(tgt_cfg, benchmark: str, split: str, files: DataFiles, models: list[str | None]):
+def _sets_offline(tgt_cfg, benchmark: str, split: str, files: DataFiles, models: list[str | None],
+                  tokenizer: str | None = None):  # fmt: skip
     """`_sets_for`, after checking that every hub model and the benchmark data can be loaded; offline, whatever is
     not cached is named in one error line with the ways to provide it (nothing is loaded before that check)."""
     missing = [f"model {m}" for m in uncached_hub_ids(models)]
+    missing += [f"tokenizer {t}" for t in uncached_hub_ids([tokenizer], "tokenizer_config.json")]
     try:
         sets = _sets_for(tgt_cfg, benchmark, split, files)
     except UnlearnError as e:
@@ -202,7 +204,8 @@ def expected_cost(model, tok, fmt, forget: list, sets: dict, tcfg: TrainConfig, 
     scored = sum(len(v) * (1 + len(v[0].get("perturbed_answer") or []) + 1) for v in sets.values() if v)
     prompts = sum(len(v) * (1 + bool(v[0].get("paraphrased_question"))) for k, v in sets.items()
                   if v and k != "holdout" and qa(v[0]))  # fmt: skip
-    eval_tok = scored * seq + prompts * (seq + ecfg.max_new_tokens)
+    new_tokens = getattr(ecfg, "max_new_tokens", None) or getattr(ecfg, "verbmem_max_new_tokens", 32)  # MUSE's
+    eval_tok = scored * seq + prompts * (seq + new_tokens)
     rate = _cpu_gflops() * 1e9
     return (f"expected cost: {_si(n_par)} parameters, weights {_gib(w_bytes)}, training ~{_gib(train_bytes)} "
             f"without activations; {steps} steps x {2 * tcfg.batch_size} sequences x ~{seq:.0f} tokens; on this CPU "
@@ -342,7 +345,7 @@ def run(a: RunArgs, log=print, accelerator=None, trace_eval=None) -> Path:
     muse = _muse_benchmark(a.benchmark)
     own = any(asdict(a.files).values())
     spec, tdir, odir, orig, bcfg = resolve_paths(a.model, a.benchmark, a.split, log=log, own_data=own)
-    sets, forget, retain_train = _sets_offline(bcfg, a.benchmark, a.split, a.files, [tdir, odir])
+    sets, forget, retain_train = _sets_offline(bcfg, a.benchmark, a.split, a.files, [tdir, odir], spec.tokenizer)
     tok = load_tokenizer(spec.tokenizer or tdir)
     start_dir, start_info = tdir, {}
     fmt = prompt_format(a.prompt, tok, bool(spec.embedded), a.model)
@@ -487,7 +490,7 @@ def evaluate_checkpoint(a: EvalArgs, log=print, accelerator=None) -> tuple[dict,
         orig = a.original
     if a.no_oracle:
         odir = None
-    sets, _, retain_train = _sets_offline(bcfg, a.benchmark, a.split, a.files, [tdir, odir])
+    sets, _, retain_train = _sets_offline(bcfg, a.benchmark, a.split, a.files, [tdir, odir], spec.tokenizer)
     tok = load_tokenizer(spec.tokenizer or tdir)
     fmt = prompt_format(a.prompt, tok, bool(spec.embedded), a.model)
     if not muse:

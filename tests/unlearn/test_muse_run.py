@@ -37,8 +37,25 @@ def test_run_muse_news_ga(muse_env, unlearn_home, tmp_path, capsys):
     from unlearn.store import read_json
 
     out = tmp_path / "runs"
-    assert main(["run", "--model", "muse-news", "--method", "ga", "--out", str(out), "--no-progress", *FAST]) == 0
-    rdir = out / "muse_news" / "muse-news" / "ga" / "forget" / "seed0"
+    assert (
+        main(
+            [
+                "run",
+                "--model",
+                "muse-news",
+                "--method",
+                "ga",
+                "--out",
+                str(out),
+                "--no-progress",
+                "--name",
+                "fast",
+                *FAST,
+            ]
+        )
+        == 0
+    )
+    rdir = out / "muse_news" / "muse-news" / "ga+fast" / "forget" / "seed0"  # a variant: --set changes the recipe
     m = read_json(rdir / "metrics.json")
     assert not check_keys(m) and all(k in m for k in MUSE_KEYS)
     assert all(0 <= m[k] <= 1 for k in MUSE_KEYS[:4])

@@ -200,6 +200,8 @@ def sample_step(units: list[list[int]], q: float, per_unit: int, gen: torch.Gene
 # opacus' hooks warn on every backward that no *input* requires grad (token ids never do); the parameter gradients
 # they capture are unaffected (tests/unlearn/targets/test_dp_build.py checks them against separate backward passes)
 warnings.filterwarnings("ignore", message="Full backward hook is firing when gradients are computed")
+
+
 def row_losses(model, batch: dict) -> torch.Tensor:
     """Token-mean NLL of each row over its labelled tokens (answer tokens of QA, every token of a biography). (B,)
 

@@ -215,10 +215,10 @@ def load_causal_lm(name: str, dtype: torch.dtype | None = None, device: str | to
     return model
 
 
-def uncached_hub_ids(names) -> list[str]:
+def uncached_hub_ids(names, file: str = "config.json") -> list[str]:
     """The hub ids among ``names`` (local directories and None skipped) that an offline run cannot load: with
-    ``HF_HUB_OFFLINE`` set, those whose ``config.json`` is not in the Hugging Face cache. Online: none (they are
-    downloaded)."""
+    ``HF_HUB_OFFLINE`` set, those whose ``file`` (a tokenizer repo: ``tokenizer_config.json``) is not in the Hugging
+    Face cache. Online: none (they are downloaded)."""
     if not _offline():
         return []
     from huggingface_hub import try_to_load_from_cache  # the cache only, never the network
@@ -226,7 +226,7 @@ def uncached_hub_ids(names) -> list[str]:
     out = []
     for n in names:
         if n and not Path(n).expanduser().exists() and not _looks_local(n) and n not in out:
-            if not isinstance(try_to_load_from_cache(n, "config.json"), str):
+            if not isinstance(try_to_load_from_cache(n, file), str):
                 out.append(n)
     return out
 
