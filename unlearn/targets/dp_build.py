@@ -124,6 +124,11 @@ def dp_recipe(bcfg, epsilon: float, privacy_unit: str, delta: float = 1e-5) -> D
 
 
 # ----------------------------------------------------------------------------------------------- accounting
+# RDP orders: opacus' defaults (1.1 ... 10.9, 12 ... 63) extended to 256 (with small sampling rates and few steps
+# the best order for the record unit is above 63, and the default grid then overstates epsilon)
+ALPHAS = [1 + x / 10.0 for x in range(1, 100)] + list(range(12, 257))
+
+
 def dp_epsilon(noise_multiplier: float, sample_rate: float, steps: int, delta: float) -> float:
     """The RDP accountant's epsilon (opacus ``RDPAccountant``) after ``steps`` Poisson-subsampled Gaussian steps."""
     from opacus.accountants import RDPAccountant
@@ -134,7 +139,7 @@ def dp_epsilon(noise_multiplier: float, sample_rate: float, steps: int, delta: f
         return math.inf
     acc = RDPAccountant()
     acc.history = [(float(noise_multiplier), float(sample_rate), int(steps))]
-    return float(acc.get_epsilon(delta))
+    return float(acc.get_epsilon(delta, alphas=ALPHAS))
 
 
 def noise_for(epsilon: float, sample_rate: float, steps: int, delta: float) -> float:
@@ -144,7 +149,8 @@ def noise_for(epsilon: float, sample_rate: float, steps: int, delta: float) -> f
     if not math.isfinite(epsilon):
         return 0.0
     sigma = float(get_noise_multiplier(target_epsilon=epsilon, target_delta=delta, sample_rate=sample_rate,
-                                       steps=steps, accountant="rdp", epsilon_tolerance=0.005))  # fmt: skip
+                                       steps=steps, accountant="rdp", epsilon_tolerance=0.005,
+                                       alphas=ALPHAS))  # fmt: skip
     if dp_epsilon(sigma, sample_rate, steps, delta) > epsilon:  # never report above the request
         raise UnlearnError(f"the accountant found no noise multiplier for epsilon {epsilon}")
     return sigma

@@ -26,8 +26,8 @@ from unlearn.targets.dp_build import (
     unit_index,
 )
 
-# opacus' default RDP orders (opacus.accountants.RDPAccountant.DEFAULT_ALPHAS)
-ORDERS = [1 + x / 10.0 for x in range(1, 100)] + list(range(12, 64))
+# the RDP orders the builder uses (opacus' defaults extended to 256)
+ORDERS = [1 + x / 10.0 for x in range(1, 100)] + list(range(12, 257))
 
 
 def _gaussian_eps(sigma: float, steps: int, delta: float) -> float:
