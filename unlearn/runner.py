@@ -360,9 +360,10 @@ def run(a: RunArgs, log=print, accelerator=None, trace_eval=None) -> Path:
         retain_train = training_chunks(tok, retain_train, tcfg.max_length)
     if mspec.start_from is not None:  # the method unlearns from weights of its own (DP2Unlearning's DP base)
         user_keys = {k.split(".")[-1] for k, _ in a.overrides}
-        ctx = {"build": bcfg, "target": tdir, "oracle": odir, "n_retain": len(retain_train), "user_keys": user_keys,
-               "log": log, "progress": a.progress}  # fmt: skip
+        ctx = {"build": bcfg, "split": a.split, "target": tdir, "oracle": odir, "user_keys": user_keys, "log": log,
+               "progress": a.progress}  # fmt: skip
         start_dir, start_info = mspec.start_from(mcfg, tcfg, ctx)
+        retain_train = start_info.get("retain", retain_train)
     resolved = {
         "workflow": "run",
         "method": a.method,

@@ -28,7 +28,8 @@ Two shapes of method:
     ``dp2+example-eps8`` for ``--set epsilon=8`` and gives ``dp2+example-eps8+3f2a`` once ``lr`` changes too;
   - ``start_from(cfg, train_cfg, ctx) -> (weights dir, info)`` (LLM task): the weights to unlearn from instead
     of the target's, with what the runner records about them (DP2Unlearning's DP base: its card, from which
-    `unlearn.metrics.privacy` computes the ``dp_*`` keys); it may set ``train_cfg.epochs``
+    `unlearn.metrics.privacy` computes the ``dp_*`` keys; ``info["retain"]``, if given, replaces the retain set);
+    it may set ``train_cfg.epochs``
     when ``ctx["user_keys"]`` lacks it; runs before the run directory is claimed;
   - ``train_defaults``: ``{field: value}`` replacing the training config's defaults for this method (ESD's
     150 steps), applied before ``--config`` / ``--set``;

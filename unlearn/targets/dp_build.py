@@ -34,6 +34,7 @@ that occur in no retained or public text).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -315,6 +316,49 @@ def tokenizer_leak(tok, splits, forget_entities: set[str]) -> dict:
 
 def build_dp_base(bcfg, dcfg: DPBuildConfig, tok_dir: str, progress: bool = True, log=print, threads: int = 1) -> Path:
     """Build (or resume, or reuse) the DP base of ``dcfg``; returns its directory (HF format + card.json)."""
+    dcfg.check()
+    d = base_dir(bcfg, dcfg)
+    if _done(d):
+        return d
+    with _build_lock(d, log):
+        if _done(d):  # another process built it while we waited
+            return d
+        return _build(bcfg, dcfg, d, tok_dir, progress, log, threads)
+
+
+@contextlib.contextmanager
+def _build_lock(d: Path, log, poll: float = 5.0):
+    """One builder per base: ``<dir>.lock`` holds the builder's pid; a second caller waits for it (a lock whose
+    process is gone, e.g. killed, is taken over and the build resumes from its checkpoint)."""
+    lock = d.with_name(d.name + ".lock")
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    said = False
+    while True:
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            os.write(fd, str(os.getpid()).encode())
+            os.close(fd)
+            break
+        except FileExistsError:
+            try:
+                pid = int(lock.read_text() or 0)
+                os.kill(pid, 0)
+            except (ValueError, ProcessLookupError, FileNotFoundError):
+                lock.unlink(missing_ok=True)  # stale
+                continue
+            except PermissionError:
+                pass
+            if not said:
+                log(f"dp base {d.name}: another process (pid {pid}) is building it; waiting")
+                said = True
+            time.sleep(poll)
+    try:
+        yield
+    finally:
+        lock.unlink(missing_ok=True)
+
+
+def _build(bcfg, dcfg: DPBuildConfig, d: Path, tok_dir: str, progress: bool, log, threads: int) -> Path:
     from opacus import GradSampleModule
     from tqdm.auto import tqdm
 
@@ -329,10 +373,6 @@ def build_dp_base(bcfg, dcfg: DPBuildConfig, tok_dir: str, progress: bool = True
         save_model,
     )
 
-    dcfg.check()
-    d = base_dir(bcfg, dcfg)
-    if _done(d):
-        return d
     torch.set_num_threads(threads)
     quiet_transformers()
     pub_dir = public_base(bcfg, tok_dir, progress=progress, log=log)

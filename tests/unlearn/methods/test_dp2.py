@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from unlearn.cli import main
+from unlearn.errors import UnlearnError
 from unlearn.methods import get_method
 from unlearn.methods.dp2 import DP2Config, run_label, start_from
 
@@ -45,33 +46,44 @@ def test_run_labels_keep_bases_apart():
     assert run_label(DP2Config(epsilon=math.inf, privacy_unit="record")) == "dp2+epsinf"
 
 
-def test_epochs_default_to_half_the_oracle_steps(tmp_path, monkeypatch):
+def test_epochs_default_to_half_the_oracle_steps_on_the_retained_data(tmp_path, monkeypatch):
     from unlearn.config import TrainConfig
-    from unlearn.methods import dp2
+    from unlearn.data.tinyfacts import generate, training_set
+    from unlearn.targets.build import get_preset
 
     (tmp_path / "card.json").write_text(json.dumps({"steps": 521}))
     calls = []
 
     def fake_build(bcfg, dcfg, tok, progress=True, log=print):
         calls.append(dcfg)
-        raise RuntimeError("stop here")
+        return tmp_path
 
     monkeypatch.setattr("unlearn.targets.dp_build.build_dp_base", fake_build)
-    from unlearn.targets.build import get_preset
-
-    for n_retain, batch in ((72, 32), (1440, 32), (1440, 7)):
+    bcfg = get_preset("micro")
+    splits = generate(bcfg.data)
+    n = len(training_set(splits, "forget10", bcfg.arithmetic_repeat, bcfg.world_repeat))
+    ctx = {"build": bcfg, "split": "forget10", "target": "t", "oracle": str(tmp_path), "user_keys": set(),
+           "log": print}  # fmt: skip
+    for batch in (32, 7, 5):
         tcfg = TrainConfig(batch_size=batch)
-        ctx = {"build": get_preset("micro"), "target": "t", "oracle": str(tmp_path), "n_retain": n_retain,
-               "user_keys": set(), "log": print}  # fmt: skip
-        with pytest.raises(RuntimeError):
-            dp2.start_from(DP2Config(), tcfg, ctx)
-        spe = math.ceil(n_retain / batch)
-        assert math.ceil(tcfg.epochs * spe) == 260  # round(0.5 * 521): the loop's total_steps
+        d, info = start_from(DP2Config(), tcfg, ctx)
+        assert d == str(tmp_path) and info["retrain_steps"] == 521
+        assert math.ceil(tcfg.epochs * math.ceil(n / batch)) == 260  # round(0.5 * 521): the loop's total_steps
+    # the retained data is the oracle's training set: no record of a forget entity, every retained kind present
+    forget = {r["entity"] for r in splits["forget10"]}
+    assert len(info["retain"]) == n
+    assert not {r.get("entity") for r in info["retain"]} & forget
+    assert not any(
+        r["question"] in {q["question"] for q in splits["forget10"]} for r in info["retain"] if "question" in r
+    )
+    assert any("text" in r for r in info["retain"]) and any(r in info["retain"] for r in
+               [{"question": w["question"], "answer": w["answer"]} for w in splits["world_facts"]])  # fmt: skip
     tcfg = TrainConfig(epochs=3)
-    with pytest.raises(RuntimeError):
-        start_from(DP2Config(), tcfg, {**ctx, "user_keys": {"epochs"}})
+    start_from(DP2Config(), tcfg, {**ctx, "user_keys": {"epochs"}})
     assert tcfg.epochs == 3  # a user's epochs win
     assert calls[0].steps == 40 and calls[0].delta == 1e-5  # the micro build's DP recipe
+    with pytest.raises(UnlearnError, match="embedded TinyFacts"):
+        start_from(DP2Config(), TrainConfig(), {**ctx, "build": None})
 
 
 @pytest.mark.slow
