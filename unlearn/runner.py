@@ -363,7 +363,9 @@ def run(a: RunArgs, log=print, accelerator=None, trace_eval=None) -> Path:
         ctx = {"build": bcfg, "split": a.split, "target": tdir, "oracle": odir, "user_keys": user_keys, "log": log,
                "progress": a.progress}  # fmt: skip
         start_dir, start_info = mspec.start_from(mcfg, tcfg, ctx)
-        retain_train = start_info.get("retain", retain_train)
+    # what the loop trains on as its retain set (the method's own, e.g. DP2's retained data); the evaluators' probe
+    # split keeps the benchmark's retain QA (retain_train)
+    train_retain = start_info.get("retain", retain_train)
     resolved = {
         "workflow": "run",
         "method": a.method,
@@ -391,7 +393,7 @@ def run(a: RunArgs, log=print, accelerator=None, trace_eval=None) -> Path:
         "start_hash": files_hash(start_dir),
         "oracle_hash": files_hash(odir),
         "n_forget": len(forget),
-        "n_retain_train": len(retain_train),
+        "n_retain_train": len(train_retain),
     }
     claim = claim_run(rdir, resolved, force=a.force, reuse=a.reuse, main=main, log=log, provenance=provenance)
     if accelerator is not None:
@@ -422,7 +424,7 @@ def run(a: RunArgs, log=print, accelerator=None, trace_eval=None) -> Path:
             return evaluate(model, tgt.tokenizer, tgt.fmt, basic, eval_config(a.benchmark, "basic", a.compat))[0]
 
         model, summary = unlearn_model(
-            tgt.model, tgt.tokenizer, tgt.fmt, forget, retain_train, mspec, mcfg, tcfg, a.seed, rdir,
+            tgt.model, tgt.tokenizer, tgt.fmt, forget, train_retain, mspec, mcfg, tcfg, a.seed, rdir,
             eval_fn=eval_fn, progress=a.progress, accelerator=accelerator, log=log,
         )  # fmt: skip
         if text:  # WMDP: lm-eval task accuracy + held-out text NLL; no QA suite, oracle or internal suite

@@ -88,8 +88,9 @@ def test_epochs_default_to_half_the_oracle_steps_on_the_retained_data(tmp_path, 
 
 @pytest.mark.slow
 def test_dp2_run_end_to_end(micro_target, tmp_path, capsys):
+    """The full suite (internal evaluators included: their probe split reads the retain QA, not the retained data)."""
     rc = main(["run", "--method", "dp2", "--model", "tiny-micro", "--out", str(tmp_path), "--no-progress",
-               "--suite", "basic", "--set", "epsilon=2", "--set", "privacy_unit=entity"])  # fmt: skip
+               "--set", "epsilon=2", "--set", "privacy_unit=entity"])  # fmt: skip
     assert rc == 0, capsys.readouterr().err
     rdir = tmp_path / "tinyfacts" / "tiny-micro" / "dp2+entity-eps2" / "forget10" / "seed0"
     m = json.loads((rdir / "metrics.json").read_text())
