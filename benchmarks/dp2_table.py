@@ -45,13 +45,16 @@ def run_one(eps: str, unit: str, runs: Path, seed: int) -> Path:
     label = "epsinf" if math.isinf(float(eps)) else f"{unit}-eps{float(eps):g}"
     cmd = [sys.executable, "-m", "unlearn", "run", "--method", "dp2", "--set", f"epsilon={eps}", "--set",
            f"privacy_unit={unit}", "--out", str(runs), "--no-progress", "--reuse", "--seed", str(seed)]  # fmt: skip
+    rdir = runs / "tinyfacts" / "tiny" / f"dp2+{label}" / "forget10" / f"seed{seed}"
+    if (rdir / "metrics.json").exists():  # finished (delete the folder to redo it)
+        return rdir
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     t0 = time.time()
     p = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if p.returncode:
         raise SystemExit(f"{' '.join(cmd)} failed:\n{p.stderr[-2000:]}")
     print(f"dp2+{label}: {time.time() - t0:.0f}s", flush=True)
-    return runs / "tinyfacts" / "tiny" / f"dp2+{label}" / "forget10" / f"seed{seed}"
+    return rdir
 
 
 def _reference_rows(results: Path) -> list[dict]:
@@ -164,9 +167,9 @@ def main() -> None:
     lines = ["# DP2Unlearning on TinyFacts forget10", "",
              f"Produced by `python benchmarks/dp2_table.py --out {args.out}` (seed {args.seed}); per-base details in "
              "`dp2.csv`, the privacy-utility plot in `dp2.png`. GA / NPO / SimNPO: mean of 3 seeds from "
-             "`leaderboard_summary.csv`; the oracle (retrain on retain) from `leaderboard_references.csv`.", "",
+             "`benchmarks/results/leaderboard_summary.csv`; the oracle (retrain on retain) from `leaderboard_references.csv`.", "",
              "| " + " | ".join(cols) + " |", "|" + " --- |" * len(cols)]  # fmt: skip
-    for r in rows + _reference_rows(out):
+    for r in rows + _reference_rows(ROOT / "benchmarks" / "results"):
         r = {**r, "cost_steps": r.get("cost_steps", oracle["steps"] if r["method"].startswith("oracle") else None)}
         if "steps_vs_retrain" not in r and r.get("cost_steps") is not None:
             r["steps_vs_retrain"] = r["cost_steps"] / oracle["steps"]
