@@ -89,6 +89,7 @@ def plot(rows: list[dict], path: Path) -> None:
             ax.set_title(title, fontsize=10)
     for ax in axes:
         ax.set_xscale("log")
+        ax.minorticks_off()
         ticks = [*finite, x_inf]
         ax.set_xticks(ticks, [f"{t:g}" for t in finite] + ["inf"])
         ax.set_xlabel("epsilon")
