@@ -24,7 +24,6 @@ import hashlib
 import json
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -32,7 +31,7 @@ from tqdm.auto import tqdm
 
 from unlearn.data.benchmarks import data_hash
 from unlearn.metrics import logit, mia
-from unlearn.store import atomic_write_json, read_json, unlearn_home
+from unlearn.store import atomic_write_json, read_json, source_hash, unlearn_home
 from unlearn.targets.llm import (
     PromptFormat,
     _unwrap,
@@ -481,11 +480,10 @@ def _code_version() -> str:
 
     from unlearn import __version__
 
-    root = Path(__file__).resolve().parent
-    h = hashlib.sha256(f"{__version__} {transformers.__version__} {torch.__version__}".encode())
-    for rel in ("evaluate.py", "metrics/logit.py", "metrics/mia.py", "targets/llm.py"):
-        h.update((root / rel).read_bytes())
-    return h.hexdigest()[:12]
+    return source_hash(
+        ("evaluate.py", "metrics/logit.py", "metrics/mia.py", "targets/llm.py"),
+        salt=f"{__version__} {transformers.__version__} {torch.__version__}",
+    )
 
 
 def cache_key(ident: str, tok, fmt: PromptFormat, sets: dict, cfg: EvalConfig, oracle: dict | None) -> str:

@@ -93,6 +93,19 @@ def append_jsonl(path: str | Path, row: dict) -> None:
         f.flush()
 
 
+def source_hash(rels: Iterable[str], salt: str = "") -> str:
+    """12 hex of sha256(salt + the bytes of each package file in ``rels``, relative to ``unlearn/``; a missing file
+    counts as empty): the code version that keys a cached evaluation, so a code change never reuses a stale one."""
+    import hashlib
+
+    root = Path(__file__).resolve().parent
+    h = hashlib.sha256(salt.encode())
+    for rel in rels:
+        f = root / rel
+        h.update(f.read_bytes() if f.exists() else b"")
+    return h.hexdigest()[:12]
+
+
 def read_json(path: str | Path) -> Any:
     with open(path, encoding="utf-8") as f:
         return json.load(f)

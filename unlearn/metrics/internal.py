@@ -37,6 +37,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from unlearn.metrics import register_metric
+from unlearn.store import source_hash
 
 _REFS = ("original", "oracle")
 register_metric("forget_cka_{ref}", "representation", "oracle",
@@ -124,11 +125,7 @@ def probe_split(retain_train: list[dict], retain_eval: list[dict], cfg: Internal
 
 # ----------------------------------------------------------------------------------------------- hidden states
 def _code_version() -> str:
-    root = Path(__file__).resolve().parents[1]
-    h = hashlib.sha256()
-    for rel in ("targets/hidden.py", "targets/arch.py", "targets/llm.py"):
-        h.update((root / rel).read_bytes())
-    return h.hexdigest()[:12]
+    return source_hash(("targets/hidden.py", "targets/arch.py", "targets/llm.py"))
 
 
 def _key(ident: str, tok, fmt, recs: list[dict], position: str) -> str:
@@ -321,13 +318,9 @@ def internal_metrics(model, tok, fmt, sets: dict, probe_train: list[dict], origi
 
 # ----------------------------------------------------------------------------------------------- workflow glue
 def _suite_code_version() -> str:
-    root = Path(__file__).resolve().parents[1]
-    h = hashlib.sha256(_code_version().encode())
-    for rel in ("metrics/internal.py", "metrics/representation.py", "metrics/probe.py", "metrics/lens.py",
-                "metrics/concept_drift.py", "concepts.py", "assets/concept_vectors/tinyfacts.json"):  # fmt: skip
-        f = root / rel
-        h.update(f.read_bytes() if f.exists() else b"")
-    return h.hexdigest()[:12]
+    return source_hash(("metrics/internal.py", "metrics/representation.py", "metrics/probe.py", "metrics/lens.py",
+                        "metrics/concept_drift.py", "concepts.py", "assets/concept_vectors/tinyfacts.json"),
+                       salt=_code_version())  # fmt: skip
 
 
 @dataclass

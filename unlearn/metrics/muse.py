@@ -208,11 +208,9 @@ def add_privleak(metrics: dict, oracle: dict | None) -> dict:
 # ----------------------------------------------------------------------------------------------- cached evaluations
 def _code_version() -> str:
     """A hash of the files that decide a MUSE evaluation's numbers (a code change never reuses a stale result)."""
-    root = Path(__file__).resolve().parents[1]
-    h = hashlib.sha256()
-    for rel in ("metrics/muse.py", "metrics/mia.py", "targets/llm.py"):
-        h.update((root / rel).read_bytes())
-    return h.hexdigest()[:12]
+    from unlearn.store import source_hash
+
+    return source_hash(("metrics/muse.py", "metrics/mia.py", "targets/llm.py"))
 
 
 def cached_muse_evaluate(model_path: str, load, tokenizer, sets: dict, cfg: MuseEvalConfig) -> dict:
