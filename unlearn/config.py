@@ -53,6 +53,9 @@ class TrainConfig:
     gradient_checkpointing: bool = False  # trade compute for memory on large models
     checkpoint_every: int = 0  # save a resumable checkpoint every N steps (0: none; a finished run needs none)
     eval_every: int = 0  # trace the basic evaluation before the first step, every N steps and after the last (0: off)
+    # where the trace rows and periodic evaluations are also logged (unlearn/tracking.py): none = trace.jsonl only;
+    # tensorboard = event files in <run dir>/tracking/; wandb / trackio = the optional extras of those names
+    report_to: Literal["none", "tensorboard", "wandb", "trackio"] = "none"
     lora: LoraConfig = field(default_factory=LoraConfig)
 
     # the values `--set` accepts (checked by set_field; every float must also be finite unless "inf ok")

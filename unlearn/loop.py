@@ -274,6 +274,7 @@ def run_loop(
     eval_every: int = 0,
     log=print,
     postfix: Callable[[dict], dict] | None = None,
+    track: Callable[[dict, int], None] | None = None,
 ) -> tuple[dict, int, float]:
     """Steps ``start..total-1`` (resuming from ``rdir/checkpoint``); returns (last trace row, tokens, seconds).
 
@@ -281,7 +282,8 @@ def run_loop(
     ``core.backward``, then ``core.finish_grads()`` (combine, mask, clip), and returns ``{"loss": float,
     "grad_norm": float, "tokens": int, **logs}``; it may raise `NonFiniteError`. The loop checks loss and norm,
     steps the optimizer, writes the trace row and, every ``checkpoint_every`` steps, a checkpoint of ``model`` (the
-    trainable module) and the core's state.
+    trainable module) and the core's state. ``track(row, step)`` (main process only) receives every trace row as
+    it is written, step rows and ``eval`` rows alike (an experiment tracker: `unlearn.tracking`).
     """
     from tqdm.auto import tqdm
 
@@ -311,7 +313,10 @@ def run_loop(
         if main:
             was = model.training
             model.eval()
-            append_jsonl(Path(rdir) / "trace.jsonl", {"step": step, "eval": eval_fn(model)})
+            row = {"step": step, "eval": eval_fn(model)}
+            append_jsonl(Path(rdir) / "trace.jsonl", row)
+            if track is not None:
+                track(row, step)
             model.train(was)
         acc.wait_for_everyone()
 
@@ -337,6 +342,8 @@ def run_loop(
                 "tokens_per_s": res.get("tokens", 0) / max(dt, 1e-9), **res}  # fmt: skip
         if rdir and main:
             append_jsonl(Path(rdir) / "trace.jsonl", last)
+        if track is not None and main:
+            track(last, step + 1)
         bar.update(1)
         bar.set_postfix(**(postfix(res) if postfix else {"loss": f"{res['loss']:.3f}"}))
         done = step + 1 == total

@@ -49,6 +49,7 @@ from unlearn.targets.llm import (
     uncached_hub_ids,
 )
 from unlearn.targets.resolve import Target, embedded_cfg, prompt_format, resolve_paths, tinyfacts_build_of
+from unlearn.tracking import check_report_to, open_tracker
 from unlearn.train import unlearn_model
 from unlearn.workflow import claim_run, files_hash, read_resolved
 
@@ -83,7 +84,7 @@ class RunArgs:
 
 # training settings that change how a run is computed (memory, resumption, tracing), not what it learns: setting
 # them makes no variant of its own
-RUN_KNOBS = ("micro_batch_size", "checkpoint_every", "eval_every", "gradient_checkpointing")
+RUN_KNOBS = ("micro_batch_size", "checkpoint_every", "eval_every", "gradient_checkpointing", "report_to")
 
 
 def _flat(d: dict, prefix: str = "") -> dict:
@@ -339,6 +340,7 @@ def run(a: RunArgs, log=print, accelerator=None, trace_eval=None) -> Path:
     spec0 = resolve_model(a.model, a.benchmark, a.split)
     tinyfacts_dir = not spec0.embedded and a.benchmark == "tinyfacts" and tinyfacts_build_of(spec0.target) is not None
     mspec, mcfg, tcfg = prepare_configs(a, bool(spec0.embedded) or tinyfacts_dir)
+    check_report_to(tcfg.report_to)  # a missing tracker extra fails before anything is claimed or written
     label, variant = run_label(a, bool(spec0.embedded) or tinyfacts_dir)
     rdir = run_dir(a.out, a.benchmark, a.model, label, a.split, a.seed)
     main = accelerator is None or accelerator.is_main_process
@@ -423,10 +425,16 @@ def run(a: RunArgs, log=print, accelerator=None, trace_eval=None) -> Path:
             basic = {k: sets[k] for k in ("forget", "retain")}
             return evaluate(model, tgt.tokenizer, tgt.fmt, basic, eval_config(a.benchmark, "basic", a.compat))[0]
 
-        model, summary = unlearn_model(
-            tgt.model, tgt.tokenizer, tgt.fmt, forget, train_retain, mspec, mcfg, tcfg, a.seed, rdir,
-            eval_fn=eval_fn, progress=a.progress, accelerator=accelerator, log=log,
-        )  # fmt: skip
+        # the experiment tracker (report_to) follows the trace rows on the main process; closed however training ends
+        tracker = open_tracker(tcfg.report_to, rdir, os.path.relpath(rdir, a.out), resolved) if main else None
+        try:
+            model, summary = unlearn_model(
+                tgt.model, tgt.tokenizer, tgt.fmt, forget, train_retain, mspec, mcfg, tcfg, a.seed, rdir,
+                eval_fn=eval_fn, progress=a.progress, accelerator=accelerator, log=log, track=tracker,
+            )  # fmt: skip
+        finally:
+            if tracker is not None:
+                tracker.close()
         if text:  # WMDP: lm-eval task accuracy + held-out text NLL; no QA suite, oracle or internal suite
             metrics, examples = _text_eval(model, tok, sets, a.split), []
         elif muse:  # MUSE: VerbMem, KnowMem, PrivLeak against the retrained model

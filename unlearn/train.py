@@ -379,13 +379,15 @@ def unlearn_model(
     log=print,
     wrap: Callable | None = None,
     wrap_optimizer: Callable | None = None,
+    track: Callable | None = None,
 ) -> tuple[torch.nn.Module, dict]:
     """Unlearn ``forget`` from ``model`` with ``method`` (a MethodSpec); returns (model, summary).
 
     ``eval_fn(model) -> dict`` runs on the main process before the first step, every ``tcfg.eval_every`` steps and
     after the last (``{"step", "eval"}`` rows in trace.jsonl; needs ``rdir``).
     With ``rdir``, checkpoints go to ``rdir/checkpoint`` every ``tcfg.checkpoint_every`` steps and an existing one
-    is resumed from. ``wrap`` / ``wrap_optimizer``: see `setup`.
+    is resumed from. ``wrap`` / ``wrap_optimizer``: see `setup`. ``track(row, step)``: every trace row, on the main
+    process (`unlearn.loop.run_loop`).
     """
     torch.manual_seed(seed)
     if not forget:
@@ -425,7 +427,7 @@ def unlearn_model(
 
     last, n_tok_total, seconds = run_loop(
         loop.core, loop.model, step_fn, total, spe, rdir, f"unlearn {method.name}", progress=progress,
-        eval_fn=eval_fn, eval_every=tcfg.eval_every, log=log, postfix=postfix,
+        eval_fn=eval_fn, eval_every=tcfg.eval_every, log=log, postfix=postfix, track=track,
     )  # fmt: skip
     final = loop.model
     if tcfg.lora.r > 0:

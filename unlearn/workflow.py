@@ -52,7 +52,7 @@ from unlearn.store import SCHEMA_VERSION, atomic_write_json, read_json, write_st
 RUN_FILES = ("metrics.json", "examples.jsonl", "trace.jsonl", "status.json", "config.json", "layers.csv",
              "layers.png", "rounds.jsonl", "grid.png", "report.json", "report.md", "report.html",
              "recovery.png", "path_dependence.csv", "path_dependence_summary.json", "path_dependence.png")  # fmt: skip
-RUN_DIRS = ("checkpoint", "checkpoint.tmp", "checkpoint.old", "model", "model.tmp", "path_runs")
+RUN_DIRS = ("checkpoint", "checkpoint.tmp", "checkpoint.old", "model", "model.tmp", "path_runs", "tracking")
 LOCK = ".lock"
 
 
