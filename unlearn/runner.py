@@ -537,7 +537,7 @@ def evaluate_checkpoint(a: EvalArgs, log=print, accelerator=None) -> tuple[dict,
         if a.lm_eval_tasks and not _text_benchmark(a.benchmark):
             from unlearn.metrics.lm_eval import run_lm_eval  # heavy and optional: lm-eval imports ~2 s
 
-            # runs on the main process, the result is broadcast: every process calls it
+            # the work is split across the processes and every one gets the same result: every process calls it
             metrics.update(run_lm_eval(model, tok, list(a.lm_eval_tasks), sets=sets))
         if claim is not None and main:
             atomic_write_jsonl(Path(a.out) / "examples.jsonl", examples)

@@ -17,9 +17,14 @@ Two kinds of task:
 `wmdp_evaluate` is the evaluation of ``--benchmark wmdp``: its lm-eval tasks plus the mean token NLL of the
 held-out forget / retain text (``forget_text_nll``, ``retain_text_nll``).
 
-The model is passed as an object (``HFLM(pretrained=model, tokenizer=tok)``), never saved and re-loaded. lm-eval
-does not shard an in-memory model across processes, so under several processes the main one evaluates and the
-result is broadcast to the others (call `run_lm_eval` on every process).
+The model is passed as an object (``HFLM(pretrained=model, tokenizer=tok)``), never saved and re-loaded. Under
+several processes (a torch.distributed group, e.g. ``accelerate launch``) the work is split across them with
+lm-eval's own data-parallel evaluation, which it skips for an in-memory model: `ShardedHFLM` reports the group's
+rank and world size, so each process builds the requests of every ``world_size``-th document of each task (lm-eval's
+``build_all_requests(rank, world_size)``), pads to the largest share so every process runs as many requests, and
+the per-document metrics are gathered to rank 0, which aggregates them; the result is broadcast, so every process
+returns the same dict (call `run_lm_eval` on every process). The numbers equal one process's (tested:
+tests/unlearn/metrics/test_lm_eval_sharded.py).
 
 Result keys: ``lm_eval_<task>_<metric>`` (e.g. ``lm_eval_tinyfacts_forget_mc_acc``), lm-eval's filter suffix
 (``,none``) dropped and other filters appended (``_strict-match``); standard errors are not reported.
@@ -181,8 +186,9 @@ def run_lm_eval(
     sets: dict[str, list[dict]] | None = None,
     batch_size: int = 16,
     limit: int | None = None,
+    record: dict | None = None,
 ) -> dict[str, float]:
-    """Run lm-eval ``tasks`` on an in-memory causal LM.
+    """Run lm-eval ``tasks`` on an in-memory causal LM, split across the processes of a torch.distributed group.
 
     Args:
         model: a transformers causal LM (wrappers such as DDP are unwrapped); evaluated on its own device.
@@ -190,8 +196,10 @@ def run_lm_eval(
         tasks: built-in ``tinyfacts_*_mc`` names and/or any lm-eval task or group name.
         sets: evaluation sets ``{"forget": [...], "retain": [...], ...}`` (TOFU schema) that the built-in tasks are
             made from; None generates the TinyFacts default sets.
-        batch_size: lm-eval batch size.
+        batch_size: lm-eval batch size (per process).
         limit: evaluate only the first ``limit`` documents of each task (for quick checks).
+        record: if given, filled with ``world_size`` and ``requests_per_rank`` (the loglikelihood requests each
+            process scored, padding included): how the work was split.
 
     Returns:
         ``{"lm_eval_<task>_<metric>": value}`` — identical on every process.
@@ -202,35 +210,41 @@ def run_lm_eval(
     if not tasks:
         raise UnlearnError("no lm-eval task given")
     multi = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-    out: dict[str, float] | None = None
-    err: str | None = None
-    if not multi or dist.get_rank() == 0:
-        try:
-            out = _run(model, tokenizer, tasks, sets, batch_size, limit)
-        except UnlearnError as e:
-            if not multi:
-                raise
-            err = str(e)
-    if multi:  # the others wait for the main process's numbers (or its error)
-        box = [(out, err)]
-        dist.broadcast_object_list(box, src=0)
-        out, err = box[0]
-        if err is not None:
-            raise UnlearnError(err)
-    return out  # type: ignore[return-value]
+    if not multi:
+        tm = _prepare(tasks, sets)
+        out, n = _evaluate(model, tokenizer, tasks, tm, batch_size, limit, sharded=False)
+        if record is not None:
+            record.update(world_size=1, requests_per_rank=[n])
+        return out  # type: ignore[return-value]
+    # every process resolves the tasks (deterministic); one error anywhere stops all of them before any collective
+    tm, err = None, None
+    try:
+        tm = _prepare(tasks, sets)
+    except UnlearnError as e:
+        err = str(e)
+    errs: list = [None] * dist.get_world_size()
+    dist.all_gather_object(errs, err)
+    if any(errs):
+        raise UnlearnError(next(e for e in errs if e))
+    out, n = _evaluate(model, tokenizer, tasks, tm, batch_size, limit, sharded=True)
+    counts: list = [None] * dist.get_world_size()
+    dist.all_gather_object(counts, n)
+    box = [out]  # rank 0 aggregated the gathered per-document metrics; the others got None from lm-eval
+    dist.broadcast_object_list(box, src=0)
+    if record is not None:
+        record.update(world_size=dist.get_world_size(), requests_per_rank=counts)
+    return box[0]
 
 
-def _run(model, tokenizer, tasks, sets, batch_size, limit) -> dict[str, float]:
+def _prepare(tasks: list[str], sets):
+    """Write the built-in tasks' files, index the tasks, refuse unknown names; returns lm-eval's TaskManager."""
     import lm_eval
-    from lm_eval.models.huggingface import HFLM
     from lm_eval.tasks import TaskManager
-
-    from unlearn.targets.llm import _unwrap  # heavy (torch, transformers): the registry import stays light
 
     builtin = [t for t in tasks if t in BUILTIN_TASKS]
     other = [t for t in tasks if t not in BUILTIN_TASKS]
     include = []
-    if builtin:
+    if builtin:  # the same data map to the same folder, written atomically: every process may write it
         include.append(str(write_builtin_tasks(builtin, sets if sets is not None else default_sets())))
     check_wmdp_data([t for t in other if t in WMDP_TASKS])
     defaults = bool([t for t in other if t not in WMDP_TASKS])
@@ -248,12 +262,22 @@ def _run(model, tokenizer, tasks, sets, batch_size, limit) -> dict[str, float]:
             + "; ".join(f"{t}" + (f" (did you mean {', '.join(h)}?)" if h else "") for t, h in hints.items())
             + f"; built-in: {', '.join(BUILTIN_TASKS)}"
         )
+    return tm
+
+
+def _evaluate(model, tokenizer, tasks, tm, batch_size, limit, sharded: bool) -> tuple[dict | None, int]:
+    """lm-eval's simple_evaluate on the model; returns (flat results, or None on ranks > 0 when sharded; the number
+    of loglikelihood requests this process scored)."""
+    import lm_eval
+
+    from unlearn.targets.llm import _unwrap  # heavy (torch, transformers): the registry import stays light
+
     _quiet()
     lm = _unwrap(model)
     was_training = lm.training
     lm.eval()
     try:
-        hflm = HFLM(pretrained=lm, tokenizer=tokenizer, batch_size=batch_size)
+        hflm = sharded_hflm_class(sharded)(pretrained=lm, tokenizer=tokenizer, batch_size=batch_size)
         res = lm_eval.simple_evaluate(
             model=hflm,
             tasks=tasks,
@@ -266,7 +290,50 @@ def _run(model, tokenizer, tasks, sets, batch_size, limit) -> dict[str, float]:
     finally:
         if was_training:
             lm.train()
-    return flatten_results(res, tasks)
+    return (flatten_results(res, tasks) if res is not None else None), hflm.n_requests
+
+
+def sharded_hflm_class(sharded: bool = True):
+    """`ShardedHFLM`: lm-eval's HFLM on an in-memory model that takes part in lm-eval's data-parallel evaluation.
+
+    For a model object lm-eval sets rank 0 / world size 1 ("custom distributed integration"); this subclass reports
+    the torch.distributed group's rank and size instead (``sharded``) and does the two collectives HFLM routes
+    through an accelerate Accelerator (``all_gather`` of the per-process request counts, ``barrier``) on the group
+    itself, so no Accelerator is needed (one made without ``cpu=True`` reports a single process under a gloo
+    launch). ``gather_object`` is HFLM's own (torch.distributed). It counts the loglikelihood requests it scores.
+    """
+    import torch
+    import torch.distributed as dist
+    from lm_eval.models.huggingface import HFLM
+
+    class ShardedHFLM(HFLM):
+        n_requests = 0  # loglikelihood requests scored by this process (lm-eval's padding included)
+
+        @property
+        def rank(self) -> int:
+            return dist.get_rank() if sharded else 0
+
+        @property
+        def world_size(self) -> int:
+            return dist.get_world_size() if sharded else 1
+
+        def all_gather(self, tensor):
+            if self.world_size <= 1:
+                return tensor
+            parts = [torch.empty_like(tensor) for _ in range(self.world_size)]
+            dist.all_gather(parts, tensor.contiguous())
+            # accelerate's gather concatenates along dim 0 (a 0-d count per process -> shape (world_size,))
+            return torch.cat([p.reshape(-1) if p.dim() == 0 else p for p in parts])
+
+        def barrier(self) -> None:
+            if self.world_size > 1:
+                dist.barrier()
+
+        def loglikelihood(self, requests, disable_tqdm: bool = False):
+            self.n_requests += len(requests)
+            return super().loglikelihood(requests, disable_tqdm=disable_tqdm)
+
+    return ShardedHFLM
 
 
 def check_wmdp_data(tasks: list[str]) -> None:
@@ -313,7 +380,7 @@ def text_nll(model, tokenizer, records: list[dict], batch_size: int = 8, max_len
 
 def wmdp_evaluate(model, tokenizer, sets: dict[str, list[dict]], split: str, extra_tasks=(), limit=None) -> dict:
     """The ``--benchmark wmdp`` evaluation: lm-eval accuracy of the split's WMDP tasks (+ ``extra_tasks``) and
-    the held-out forget / retain text NLL. Call it on every process (lm-eval runs on the main one)."""
+    the held-out forget / retain text NLL. Call it on every process (lm-eval's work is split across them)."""
     tasks = list(dict.fromkeys([*wmdp.tasks_for(split), *extra_tasks]))
     metrics = run_lm_eval(model, tokenizer, tasks, sets=sets, limit=limit)
     for name in ("forget", "retain"):
