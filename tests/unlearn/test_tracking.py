@@ -79,3 +79,31 @@ def test_scalars_of_trace_rows():
         "train/tokens": 12.0,
     }
     assert scalars({"step": 0, "eval": {"forget_acc": 0.25, "n": "x"}}) == {"eval/forget_acc": 0.25}
+
+
+def test_a_resumed_run_replaces_the_events_after_its_checkpoint(tiny_target_dir, tmp_path, monkeypatch, capsys):
+    """Killed at step 5 with a checkpoint at step 3: the resumed run rewrites steps 4.. in trace.jsonl and its
+    events hide the first attempt's (TensorBoard's purge), so every step shows once, with the final trace's value."""
+    from unlearn import tracking
+
+    monkeypatch.setenv("UNLEARN_HOME", str(tmp_path / "home"))
+    args = _cmd(tiny_target_dir, tmp_path / "runs", "--set", "report_to=tensorboard", "--set", "checkpoint_every=3")
+    real = tracking.Tracker.__call__
+
+    def die_after_5(self, row, step):
+        real(self, row, step)
+        if step == 5:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(tracking.Tracker, "__call__", die_after_5)
+    assert main(args) == 130
+    monkeypatch.setattr(tracking.Tracker, "__call__", real)
+    (rdir,) = {p.parent for p in (tmp_path / "runs").rglob("trace.jsonl")}
+    assert [s for s, _ in _events(rdir / "tracking")["train/loss"]] == [1, 2, 3, 4, 5]
+    assert main(args) == 0 and "resuming from step 3" in capsys.readouterr().out
+    assert len(list((rdir / "tracking").glob("events.out.tfevents.*"))) == 2  # the first attempt's file is kept
+    rows = [json.loads(x) for x in (rdir / "trace.jsonl").read_text().splitlines()]
+    ev = _events(rdir / "tracking")
+    for key in ("loss", "tokens_per_s"):  # tokens/s differs between attempts: the final trace's value shows
+        assert [s for s, _ in ev[f"train/{key}"]] == [r["step"] for r in rows] == list(range(1, 9))
+        assert [v for _, v in ev[f"train/{key}"]] == pytest.approx([r[key] for r in rows], rel=1e-6)
