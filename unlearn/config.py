@@ -53,6 +53,9 @@ class TrainConfig:
     gradient_checkpointing: bool = False  # trade compute for memory on large models
     checkpoint_every: int = 0  # save a resumable checkpoint every N steps (0: none; a finished run needs none)
     eval_every: int = 0  # trace the basic evaluation before the first step, every N steps and after the last (0: off)
+    # auto: DDP under several processes, FSDP2 when `accelerate launch` got an FSDP config; none = ddp (no sharding);
+    # fsdp shards parameters, gradients and optimizer state over the processes (unlearn/sharding.py, docs/scale.md)
+    sharding: Literal["auto", "none", "ddp", "fsdp"] = "auto"
     lora: LoraConfig = field(default_factory=LoraConfig)
 
     # the values `--set` accepts (checked by set_field; every float must also be finite unless "inf ok")
