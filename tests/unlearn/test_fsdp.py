@@ -133,8 +133,10 @@ def test_fsdp_two_node_launch_matches_one(tiny_target_dir, one, tmp_path):
     for rank in (0, 1):
         launch = [*LAUNCH, "--multi_gpu", "--num_processes", "2", "--num_machines", "2", "--machine_rank", str(rank),
                   "--main_process_ip", "127.0.0.1", "--main_process_port", str(port)]  # fmt: skip
-        procs.append(subprocess.Popen([*launch, *_cmd(tiny_target_dir, tmp_path / "nodes", "--set", "sharding=fsdp")],
-                                      env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))  # fmt: skip
+        # micro_batch_size=1: two micro-batches per rank, the first without the gradient reduce-scatter (no_sync)
+        cmd = _cmd(tiny_target_dir, tmp_path / "nodes", "--set", "sharding=fsdp", "--set", "micro_batch_size=1")
+        procs.append(subprocess.Popen([*launch, *cmd], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                      text=True))  # fmt: skip
     try:
         outs = [p.communicate(timeout=300) for p in procs]
     finally:
@@ -144,7 +146,7 @@ def test_fsdp_two_node_launch_matches_one(tiny_target_dir, one, tmp_path):
     assert [p.returncode for p in procs] == [0, 0], [o[1][-2000:] for o in outs]
     m1, _, t1 = _read(one)
     m2, s2, t2 = _read(tmp_path / "nodes")
-    assert (s2["world_size"], s2["sharding"]) == (2, "fsdp")
+    assert (s2["world_size"], s2["sharding"], s2["micro_batch_size"]) == (2, "fsdp", 1)
     _same(m1, m2)
     _same_trace(t1, t2)
 
@@ -169,8 +171,7 @@ def test_fsdp_conflicting_launch_config_exits_2(tiny_target_dir, tmp_path, monke
     assert not (tmp_path / "c").exists()  # refused before the run directory was claimed
 
 
-def test_fsdp_in_one_process_runs_unsharded(tiny_target_dir, tmp_path, monkeypatch, capsys):
-    from unlearn.train import unlearn_model  # noqa: F401  (import cost outside the measured call)
+def test_fsdp_in_one_process_runs_unsharded_and_auto_follows_the_launch(monkeypatch):
     from unlearn import sharding
     from unlearn.config import TrainConfig
 
