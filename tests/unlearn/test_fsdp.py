@@ -16,10 +16,12 @@ import os
 import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 TIMING = {"cost_seconds", "cost_train_seconds"}  # wall-clock, not results
+CONFIGS = Path(__file__).resolve().parents[2] / "benchmarks" / "accelerate"
 LAUNCH = [sys.executable, "-m", "accelerate.commands.launch", "--mixed_precision", "no", "--dynamo_backend", "no"]
 
 
@@ -127,14 +129,17 @@ def test_fsdp_two_processes_shard_match_one_resume_and_export(tiny_target_dir, o
 
 @pytest.mark.slow
 def test_fsdp_two_node_launch_matches_one(tiny_target_dir, one, tmp_path):
-    """Two launchers (``--num_machines 2``, ``--machine_rank 0/1``), one process each, loopback rendezvous."""
+    """Two launchers (``--num_machines 2``, ``--machine_rank 0/1``), one process each, loopback rendezvous, with
+    benchmarks/accelerate/fsdp_multinode.yaml and no ``--set sharding``: the FSDP config alone selects FSDP."""
     env, port = _env(tmp_path), _free_port()
     procs = []
     for rank in (0, 1):
-        launch = [*LAUNCH, "--multi_gpu", "--num_processes", "2", "--num_machines", "2", "--machine_rank", str(rank),
-                  "--main_process_ip", "127.0.0.1", "--main_process_port", str(port)]  # fmt: skip
+        # the shipped multi-node FSDP config (distributed_type: FSDP), scaled down: sharding=auto must choose fsdp
+        launch = [*LAUNCH, "--config_file", str(CONFIGS / "fsdp_multinode.yaml"), "--num_processes", "2",
+                  "--num_machines", "2", "--machine_rank", str(rank), "--main_process_ip", "127.0.0.1",
+                  "--main_process_port", str(port)]  # fmt: skip
         # micro_batch_size=1: two micro-batches per rank, the first without the gradient reduce-scatter (no_sync)
-        cmd = _cmd(tiny_target_dir, tmp_path / "nodes", "--set", "sharding=fsdp", "--set", "micro_batch_size=1")
+        cmd = _cmd(tiny_target_dir, tmp_path / "nodes", "--set", "micro_batch_size=1")
         procs.append(subprocess.Popen([*launch, *cmd], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                       text=True))  # fmt: skip
     try:
