@@ -14,8 +14,10 @@ Extension points (see `unlearn.methods.MethodSpec`):
   ``spec.transform_grads`` before clipping (e.g. gradient surgery); without a transform the losses are summed;
 * auxiliary modules / optimizers (``spec.make_aux``), checkpointed with the model;
 * the step budget over the forget or the retain set (``spec.budget``);
-* the caller's model wrapping (``wrap``: DDP through accelerate by default, ``fully_shard`` later) and an optimizer
-  wrapper (``wrap_optimizer``: opacus later).
+* the caller's model wrapping (``wrap``: DDP through accelerate by default, FSDP2's ``fully_shard`` under
+  ``sharding=fsdp``, unlearn/sharding.py) and an optimizer wrapper (``wrap_optimizer``: opacus later). A sharded
+  core (``Core.sharded``) clips DTensor gradients, checkpoints through torch.distributed.checkpoint on every rank,
+  and its trajectory evaluation runs on a gathered plain copy.
 
 Schedule: linear warm-up over ``warmup_epochs`` then linear decay to 0 (or constant), Hugging Face's formulas.
 Data order: one step = ``batch_size`` examples of the budget set (a fresh permutation per epoch, so an epoch

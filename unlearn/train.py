@@ -7,7 +7,9 @@ checkpoints, trace and progress; this module supplies what is specific to causal
   pass per epoch) each paired with one of the other set drawn uniformly with replacement (TOFU's sampler).
 * Exactness across processes and micro-batches: a method normalises by the *global* counts of the step
   (``ctx.norm``), every process takes a contiguous share of the global batch, and the loss is multiplied by the
-  world size because DDP averages gradients. One process and two give the same update up to float summation order.
+  world size because DDP (and FSDP) average gradients. One process and two give the same update up to float
+  summation order. ``sharding=fsdp`` shards the model (and the frozen reference) with ``fully_shard``
+  (`unlearn.sharding`); the model it returns is then a consolidated plain copy on every process.
 * Forget and retain sequences of a micro-batch go through the model in ONE forward pass (padded together); when a
   share is split into several micro-batches, sequences are sorted by length first (less padding).
 * AdamW (fused on CUDA), bf16 autocast on GPU (set by ``precision``, whether or not the accelerator was configured
