@@ -148,6 +148,7 @@ class FSDP:
 
         root = SequenceLogProbs(ref_model)
         self._shard(root, ref_model, accelerator)
+        self.summary["reference_local_param_elements"] = local_elements(root)[0]
         return root
 
 

@@ -116,6 +116,7 @@ def test_fsdp_two_processes_shard_match_one_resume_and_export(tiny_target_dir, o
     m2, s2, t2 = _read(out)
     assert (s1["world_size"], s2["world_size"], s2["sharding"]) == (1, 2, "fsdp")
     assert abs(s2["local_param_elements"] / s2["param_elements"] - 0.5) < 0.02  # really sharded: half per rank
+    assert abs(s2["reference_local_param_elements"] / s2["param_elements"] - 0.5) < 0.02  # the KL reference too
     _same(m1, m2)
     _same_trace(t1, t2)
     # the consolidated export is a plain Hugging Face model, equal to the one-process model
