@@ -56,6 +56,9 @@ class TrainConfig:
     # where the trace rows and periodic evaluations are also logged (unlearn/tracking.py): none = trace.jsonl only;
     # tensorboard = event files in <run dir>/tracking/; wandb / trackio = the optional extras of those names
     report_to: Literal["none", "tensorboard", "wandb", "trackio"] = "none"
+    # auto: DDP under several processes, FSDP2 when `accelerate launch` got an FSDP config; none = ddp (no sharding);
+    # fsdp shards parameters, gradients and optimizer state over the processes (unlearn/sharding.py, docs/scale.md)
+    sharding: Literal["auto", "none", "ddp", "fsdp"] = "auto"
     lora: LoraConfig = field(default_factory=LoraConfig)
 
     # the values `--set` accepts (checked by set_field; every float must also be finite unless "inf ok")

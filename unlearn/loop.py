@@ -14,8 +14,10 @@ Extension points (see `unlearn.methods.MethodSpec`):
   ``spec.transform_grads`` before clipping (e.g. gradient surgery); without a transform the losses are summed;
 * auxiliary modules / optimizers (``spec.make_aux``), checkpointed with the model;
 * the step budget over the forget or the retain set (``spec.budget``);
-* the caller's model wrapping (``wrap``: DDP through accelerate by default, ``fully_shard`` later) and an optimizer
-  wrapper (``wrap_optimizer``: opacus later).
+* the caller's model wrapping (``wrap``: DDP through accelerate by default, FSDP2's ``fully_shard`` under
+  ``sharding=fsdp``, unlearn/sharding.py) and an optimizer wrapper (``wrap_optimizer``: opacus later). A sharded
+  core (``Core.sharded``) clips DTensor gradients, checkpoints through torch.distributed.checkpoint on every rank,
+  and its trajectory evaluation runs on a gathered plain copy.
 
 Schedule: linear warm-up over ``warmup_epochs`` then linear decay to 0 (or constant), Hugging Face's formulas.
 Data order: one step = ``batch_size`` examples of the budget set (a fresh permutation per epoch, so an epoch
@@ -98,6 +100,7 @@ class Core:
     mcfg: Any = None
     aux: dict = field(default_factory=dict)  # name -> module | optimizer
     _grads: dict = field(default_factory=dict)  # loss name -> [grad] accumulated over micro-batches
+    sharded: bool = False  # the parameters are FSDP DTensor shards (unlearn/sharding.py)
 
     @property
     def params(self) -> list:
@@ -133,6 +136,10 @@ class Core:
         for name, p in self.named_params:
             if name in self.masks and p.grad is not None:
                 p.grad.mul_(self.masks[name].to(p.grad.device, p.grad.dtype))
+        if self.sharded:  # DTensor gradients: the norm needs one all-reduce over the shards
+            from unlearn.sharding import clip_grad_norm_
+
+            return clip_grad_norm_(self.params, self.tcfg.max_grad_norm)
         if self.tcfg.max_grad_norm > 0:
             return self.acc.clip_grad_norm_(self.params, self.tcfg.max_grad_norm)
         return grad_norm(self.params)
@@ -193,9 +200,14 @@ def make_core(acc, named_params, tcfg, spe: int, total: int, spec=None, mcfg=Non
 
 # ----------------------------------------------------------------------------------------------- checkpoints
 def save_checkpoint(ckpt: Path, model, core: Core, step: int, tokens: int, extra: dict | None = None) -> None:
-    """Write ``ckpt.tmp`` completely, then swap it in (``ckpt`` -> ``ckpt.old`` -> removed)."""
+    """Write ``ckpt.tmp`` completely, then swap it in (``ckpt`` -> ``ckpt.old`` -> removed).
+
+    A sharded (FSDP) model: every rank calls; model and optimizer go through torch.distributed.checkpoint into
+    ``dcp/`` (one file per rank), state.json records the world size, and the main process swaps."""
     from safetensors.torch import save_model
 
+    if core.sharded:
+        return _save_sharded(ckpt, model, core, step, tokens, extra)
     tmp = ckpt.with_name(ckpt.name + ".tmp")
     if tmp.exists():
         shutil.rmtree(tmp)
@@ -218,6 +230,30 @@ def save_checkpoint(ckpt: Path, model, core: Core, step: int, tokens: int, extra
     shutil.rmtree(old, ignore_errors=True)
 
 
+def _save_sharded(ckpt: Path, model, core: Core, step: int, tokens: int, extra: dict | None) -> None:
+    from unlearn.sharding import save_sharded, world_size
+
+    acc, tmp = core.acc, ckpt.with_name(ckpt.name + ".tmp")
+    if acc.is_main_process:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir(parents=True)
+    acc.wait_for_everyone()
+    save_sharded(tmp / "dcp", model, core.opt)  # collective; returns once every rank's shard and the metadata exist
+    if acc.is_main_process:
+        state = {"step": step, "tokens": tokens, "scheduler": core.sched.state_dict(), "sharding": "fsdp",
+                 "world_size": world_size(acc), **(extra or {})}  # fmt: skip
+        atomic_write_json(tmp / "state.json", state)  # last: a tmp folder with it is complete
+        old = ckpt.with_name(ckpt.name + ".old")
+        if old.exists():
+            shutil.rmtree(old)
+        if ckpt.exists():
+            os.replace(ckpt, old)
+        os.replace(tmp, ckpt)
+        shutil.rmtree(old, ignore_errors=True)
+    acc.wait_for_everyone()
+
+
 def recover_checkpoint(ckpt: Path) -> None:
     """After a kill between the two renames of `save_checkpoint`, put the newest complete checkpoint back."""
     if (ckpt / "state.json").exists():
@@ -235,6 +271,13 @@ def load_checkpoint(ckpt: Path, model, core: Core) -> tuple[int, int, dict]:
     from safetensors.torch import load_model
 
     state = json.loads((ckpt / "state.json").read_text())
+    if core.sharded or state.get("sharding") == "fsdp":
+        from unlearn.sharding import check_resume, load_sharded
+
+        check_resume(state, model)  # another world size or sharding: exit 2 (no resharding)
+        load_sharded(ckpt / "dcp", model, core.opt)
+        core.sched.load_state_dict(state["scheduler"])
+        return int(state["step"]), int(state.get("tokens", 0)), state
     load_model(model, str(ckpt / "model.safetensors"), device=str(next(model.parameters()).device))
     core.opt.load_state_dict(torch.load(ckpt / "optimizer.pt", weights_only=True, map_location="cpu"))
     core.sched.load_state_dict(state["scheduler"])
@@ -310,14 +353,19 @@ def run_loop(
         raise NonFiniteError(f"{msg} at step {step}; stopped{kept}")
 
     def trace_eval(step: int) -> None:  # the ``eval`` rows of trace.jsonl: a trajectory from step 0 to the end
+        m = model
+        if core.sharded:  # a sharded forward is collective: the main process evaluates a gathered plain copy
+            from unlearn.sharding import consolidate
+
+            m = consolidate(model, keep=main)
         if main:
-            was = model.training
-            model.eval()
-            row = {"step": step, "eval": eval_fn(model)}
+            was = m.training
+            m.eval()
+            row = {"step": step, "eval": eval_fn(m)}
             append_jsonl(Path(rdir) / "trace.jsonl", row)
             if track is not None:
                 track(row, step)
-            model.train(was)
+            m.train(was)
         acc.wait_for_everyone()
 
     tracing = eval_fn is not None and eval_every > 0 and rdir is not None
@@ -353,9 +401,11 @@ def run_loop(
         if ckpt is not None and every and (step + 1) % every == 0 and not done:
             if not finite(core.params):  # never let a broken model replace the last good checkpoint
                 fail("non-finite weights after the optimizer step", step)
-            if main:
+            if main or core.sharded:  # sharded: every rank writes its shard
                 save_checkpoint(ckpt, model, core, step + 1, n_tok_total)
             acc.wait_for_everyone()
+            if os.environ.get("UNLEARN_INTERRUPT_AFTER_CHECKPOINT") == "1":  # tests: a kill right after a checkpoint
+                raise KeyboardInterrupt
     bar.close()
     if not finite(core.params):
         fail("non-finite weights after the optimizer step", total - 1)

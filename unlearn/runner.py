@@ -38,6 +38,7 @@ from unlearn.loop import clear_checkpoint, total_steps
 from unlearn.methods import get_method
 from unlearn.metrics.cost import cost_metrics
 from unlearn.metrics.muse import MuseEvalConfig, add_privleak, cached_muse_evaluate, muse_evaluate
+from unlearn.sharding import resolve as resolve_sharding
 from unlearn.store import atomic_write_jsonl, read_json, read_jsonl, run_dir
 from unlearn.targets.llm import (
     PromptFormat,
@@ -84,7 +85,7 @@ class RunArgs:
 
 # training settings that change how a run is computed (memory, resumption, tracing), not what it learns: setting
 # them makes no variant of its own
-RUN_KNOBS = ("micro_batch_size", "checkpoint_every", "eval_every", "gradient_checkpointing", "report_to")
+RUN_KNOBS = ("micro_batch_size", "checkpoint_every", "eval_every", "gradient_checkpointing", "report_to", "sharding")
 
 
 def _flat(d: dict, prefix: str = "") -> dict:
@@ -342,6 +343,7 @@ def run(a: RunArgs, log=print, accelerator=None, trace_eval=None) -> Path:
     mspec, mcfg, tcfg = prepare_configs(a, bool(spec0.embedded) or tinyfacts_dir)
     check_report_to(tcfg.report_to)  # a missing tracker extra fails before anything is claimed or written
     label, variant = run_label(a, bool(spec0.embedded) or tinyfacts_dir)
+    resolve_sharding(tcfg.sharding, accelerator)  # a conflict with the launch config fails before anything runs
     rdir = run_dir(a.out, a.benchmark, a.model, label, a.split, a.seed)
     main = accelerator is None or accelerator.is_main_process
     muse = _muse_benchmark(a.benchmark)

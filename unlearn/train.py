@@ -7,7 +7,9 @@ checkpoints, trace and progress; this module supplies what is specific to causal
   pass per epoch) each paired with one of the other set drawn uniformly with replacement (TOFU's sampler).
 * Exactness across processes and micro-batches: a method normalises by the *global* counts of the step
   (``ctx.norm``), every process takes a contiguous share of the global batch, and the loss is multiplied by the
-  world size because DDP averages gradients. One process and two give the same update up to float summation order.
+  world size because DDP (and FSDP) average gradients. One process and two give the same update up to float
+  summation order. ``sharding=fsdp`` shards the model (and the frozen reference) with ``fully_shard``
+  (`unlearn.sharding`); the model it returns is then a consolidated plain copy on every process.
 * Forget and retain sequences of a micro-batch go through the model in ONE forward pass (padded together); when a
   share is split into several micro-batches, sequences are sorted by length first (less padding).
 * AdamW (fused on CUDA), bf16 autocast on GPU (set by ``precision``, whether or not the accelerator was configured
@@ -32,6 +34,7 @@ from typing import Any
 
 import torch
 
+from unlearn import sharding
 from unlearn.config import TrainConfig
 from unlearn.errors import UnlearnError
 from unlearn.loop import (
@@ -77,6 +80,7 @@ class Loop:
     bf16: bool
     log: Callable = print
     stats: dict = field(default_factory=dict)
+    ref_wrap: torch.nn.Module | None = None  # SequenceLogProbs(ref_model) sharded as one FSDP root (sharding=fsdp)
 
     @property
     def model(self) -> torch.nn.Module:
@@ -197,13 +201,21 @@ def setup(
                      fused=cuda or None)  # fmt: skip
     lp = SequenceLogProbs(model)
     wrapped = (wrap or _default_wrap)(lp, acc)
+    now = dict(model.named_parameters())
+    if any(now.get(n) is not p for n, p in named):  # fully_shard replaced them by DTensors (same names)
+        named = [(n, now[n]) for n, _ in named]
+        core = make_core(acc, named, tcfg, spe, total, spec=method, mcfg=mcfg, aux=aux, masks=masks,
+                         fused=cuda or None)  # fmt: skip
+        core.sharded = True
+    ref_wrap = wrap.reference(ref_model, acc) if ref_model is not None and hasattr(wrap, "reference") else None
     core.opt = acc.prepare_optimizer(core.opt)
     if wrap_optimizer is not None:
         wrap_optimizer(core, wrapped)
     # accelerate's mixed precision would cast every output to float32, i.e. copy the (N, V) answer logits: we
     # autocast ourselves and keep the logits in bf16 (token_logps makes the one float32 copy it reduces)
     lp.__dict__.pop("forward", None)
-    return Loop(acc, wrapped, ref_model, ref_cache, method, mcfg, tcfg, core, pad_id, micro, autocast, bf16, log)
+    return Loop(acc, wrapped, ref_model, ref_cache, method, mcfg, tcfg, core, pad_id, micro, autocast, bf16, log,
+                ref_wrap=ref_wrap)  # fmt: skip
 
 
 def train_step(loop: Loop, fb: list, rb: list, f_idx: list[int], fa: list | None = None) -> dict:
@@ -295,7 +307,7 @@ def _accumulate(loop: Loop, fb, rb, f_idx, lo, hi, norm, fa=None) -> tuple[float
 
         def reference(batch, full_logits=False):
             with torch.no_grad(), loop.autocast():
-                return SequenceLogProbs(loop.ref_model)(**batch, full_logits=full_logits)
+                return _ref(loop)(**batch, full_logits=full_logits)
 
         def hidden(*batches, layer: int, reference: bool = False, seen=seen):
             return _hidden(loop, list(batches), layer, reference, seen)
@@ -324,6 +336,11 @@ def _accumulate(loop: Loop, fb, rb, f_idx, lo, hi, norm, fa=None) -> tuple[float
     return loss_sum, n_tok, logs_sum
 
 
+def _ref(loop: Loop) -> torch.nn.Module:
+    """The reference's log-prob module: its sharded root under FSDP (every call gathers through it)."""
+    return loop.ref_wrap if loop.ref_wrap is not None else SequenceLogProbs(loop.ref_model)
+
+
 def _hidden(loop: Loop, batches: list[dict], layer: int, reference: bool, seen: list) -> list[torch.Tensor]:
     """The residual stream after decoder block ``layer`` for each batch, from one forward pass (see `ctx.hidden`).
 
@@ -345,7 +362,7 @@ def _hidden(loop: Loop, batches: list[dict], layer: int, reference: bool, seen: 
     try:
         if reference:
             with torch.no_grad(), loop.autocast():
-                SequenceLogProbs(loop.ref_model)(**b)
+                _ref(loop)(**b)
         else:
             seen.extend(x["attention_mask"] for x in batches)
             with loop.autocast():
@@ -409,6 +426,8 @@ def unlearn_model(
     W = accelerator.num_processes if accelerator is not None else 1
     if tcfg.batch_size % W:
         raise UnlearnError(f"batch_size={tcfg.batch_size} must be divisible by the number of processes ({W})")
+    if wrap is None:  # sharding=fsdp under several processes: fully_shard layer by layer (unlearn/sharding.py)
+        wrap = sharding.wrapper(tcfg, accelerator, method, mcfg, log)
     if method.prepare is not None:  # e.g. Needle: which columns the forget records' entities own
         method.prepare(model, mcfg, forget)
     loop = setup(model, f_items, method, mcfg, tcfg, tokenizer.pad_token_id, spe, total, accelerator, log,
@@ -430,6 +449,8 @@ def unlearn_model(
         eval_fn=eval_fn, eval_every=tcfg.eval_every, log=log, postfix=postfix, track=track,
     )  # fmt: skip
     final = loop.model
+    if loop.core.sharded:  # a plain copy on every rank: evaluation and --save-model run on it (no collectives)
+        final = sharding.consolidate(final)
     if tcfg.lora.r > 0:
         final = final.merge_and_unload()
     final.eval()
@@ -441,6 +462,7 @@ def unlearn_model(
         "micro_batch_size": loop.micro,
         "precision": "bf16" if loop.bf16 else "fp32",
         **{k: v for k, v in last.items() if k in ("loss", "forget_logp", "retain_logp")},
+        **getattr(wrap, "summary", {}),  # FSDP: the parameter elements this rank held
     }
     return final, summary
 
