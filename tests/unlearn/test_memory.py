@@ -70,3 +70,59 @@ def test_cached_reference_logps_equal_the_copy_s_bit_for_bit(tiny, method):
     assert (lean.ref_model is None) == (method == "npo")
     assert torch.equal(lean.ref_cache, old.ref_cache)
     assert lean.model.training  # the cache pass put the model back in training mode
+
+
+# ----------------------------------------------------------------------------------------------- fp32 master weights
+def _linear_run(dtype, master: str, steps: int, start=None, ckpt=None, resume=None):
+    """``steps`` AdamW steps (lr 1e-4, below half a bf16 ulp of the weights) on a 32x32 linear layer of ``dtype``.
+
+    The layer starts from the same bf16-representable values whatever ``dtype``; the loss is a fixed quadratic.
+    ``ckpt``: save a checkpoint there after the run; ``resume``: load one before it (the loop core's own files).
+    """
+    from accelerate import Accelerator
+
+    from unlearn.loop import load_checkpoint, make_core, save_checkpoint
+
+    g = torch.Generator().manual_seed(0)
+    w0 = (torch.rand(32, 32, generator=g) + 1.0).to(torch.bfloat16)  # in [1, 2): a bf16 ulp is 2**-7
+    x, y = torch.randn(64, 32, generator=g), torch.randn(64, 32, generator=g)
+    lin = torch.nn.Linear(32, 32, bias=False)
+    with torch.no_grad():
+        lin.weight.copy_(w0.float())
+    lin.to(dtype)
+    tcfg = TrainConfig(lr=1e-4, weight_decay=0.0, max_grad_norm=0, warmup_epochs=0, schedule="constant",
+                       master_weights=master)  # fmt: skip
+    core = make_core(Accelerator(cpu=True), list(lin.named_parameters()), tcfg, 100, 100)
+    done = 0
+    if resume is not None:
+        done, _, _ = load_checkpoint(resume, lin, core)
+    for _ in range(steps):
+        loss = ((lin(x.to(dtype)).float() - y) ** 2).mean()
+        core.backward(loss)
+        core.finish_grads()
+        core.step()
+    if ckpt is not None:
+        save_checkpoint(ckpt, lin, core, done + steps, 0)
+    master_w = core.masters[0][1] if core.masters else lin.weight.detach().float()
+    return lin.weight.detach().float(), master_w.clone(), w0.float()
+
+
+def test_fp32_masters_keep_the_updates_bf16_weights_round_away():
+    ref, _, w0 = _linear_run(torch.float32, "none", 30)  # the fp32 reference run
+    plain, _, _ = _linear_run(torch.bfloat16, "none", 30)
+    wm, master, _ = _linear_run(torch.bfloat16, "fp32", 30)
+    moved = (ref - w0).norm()
+    err_plain, err_master = (plain - ref).norm() / moved, (master - ref).norm() / moved
+    # measured: plain bf16 loses every update (its weights never move: err 1.0), masters follow fp32 to 0.014
+    assert torch.equal(plain, w0) and err_plain > 0.99, float(err_plain)
+    assert err_master < 0.05, float(err_master)
+    assert wm.dtype == torch.float32 and torch.equal(wm, master.to(torch.bfloat16).float())  # params = rounded masters
+    assert (wm - w0).abs().max() > 0  # some entries crossed a bf16 rounding boundary
+
+
+def test_fp32_masters_resume_exactly(tmp_path):
+    full, m_full, _ = _linear_run(torch.bfloat16, "fp32", 12)
+    _linear_run(torch.bfloat16, "fp32", 5, ckpt=tmp_path / "ck")
+    assert (tmp_path / "ck" / "aux_master_weights.pt").exists()
+    half, m_half, _ = _linear_run(torch.bfloat16, "fp32", 7, resume=tmp_path / "ck")
+    assert torch.equal(m_half, m_full) and torch.equal(half, full)
