@@ -12,7 +12,9 @@ checkpoints, trace and progress; this module supplies what is specific to causal
   share is split into several micro-batches, sequences are sorted by length first (less padding).
 * AdamW (fused on CUDA), bf16 autocast on GPU (set by ``precision``, whether or not the accelerator was configured
   for mixed precision), LoRA through peft, gradient checkpointing.
-* Micro-batch size: the whole per-process share first; on GPU out-of-memory it is halved until it fits and kept.
+* Micro-batch size (``micro_batch_size=0``): the whole per-process share on CPU; on GPU the largest that free memory
+  holds by the activation estimate (`unlearn.memory.choose_micro`, the same on every rank); on GPU out-of-memory it
+  is halved until it fits and kept.
 * The frozen reference: its forget log-probs are cached once, from the model itself before any update (spec's
   ``reference_logps``); a full copy is made only when the method says it needs a frozen module
   (``needs_reference``: KL retain terms, reference hidden states).
@@ -131,6 +133,15 @@ def _default_wrap(module, acc):
     return acc.prepare(module)
 
 
+def _min_over_ranks(acc, m: int) -> int:
+    """The smallest ``m`` over all processes (every rank must run the same micro-batches)."""
+    if acc.num_processes == 1:
+        return m
+    t = torch.tensor([m], device=acc.device)
+    torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MIN)
+    return int(t.item())
+
+
 def _forget_logps(model, f_items, pad_id, device, autocast, chunk: int) -> torch.Tensor:
     """(n_forget,) float32 sequence log-probs of the forget items under ``model`` (no grad), ``chunk`` at a time."""
     ref_wrap, vals = SequenceLogProbs(model), []
@@ -206,6 +217,20 @@ def setup(
     aux = method.make_aux(model, mcfg, device) if method.make_aux is not None else {}
     core = make_core(acc, named, tcfg, spe, total, spec=method, mcfg=mcfg, aux=aux, masks=masks,
                      fused=cuda or None)  # fmt: skip
+    from unlearn.memory import choose_micro, describe, estimate
+
+    seq_len = min(tcfg.max_length, max(len(ids) for ids, _ in f_items))
+    if tcfg.micro_batch_size == 0 and device.type == "cuda":  # the largest micro-batch free memory holds
+        # (halving on out-of-memory in train_step stays the fallback)
+        def act(m: int) -> int:
+            return estimate(model, named, tcfg, ref_model is not None, m, seq_len, acc.num_processes)["activations"]
+
+        state = estimate(model, named, tcfg, ref_model is not None, 1, seq_len, acc.num_processes)
+        micro = choose_micro(micro, act, torch.cuda.mem_get_info(device)[0], state["gradients"] + state["optimizer"],
+                             reduce_min=lambda m: _min_over_ranks(acc, m))  # fmt: skip
+    mem = estimate(model, named, tcfg, ref_model is not None, micro, seq_len, acc.num_processes)
+    if acc.is_main_process:
+        log(describe(mem))
     lp = SequenceLogProbs(model)
     wrapped = (wrap or _default_wrap)(lp, acc)
     core.opt = acc.prepare_optimizer(core.opt)
@@ -214,7 +239,9 @@ def setup(
     # accelerate's mixed precision would cast every output to float32, i.e. copy the (N, V) answer logits: we
     # autocast ourselves and keep the logits in bf16 (token_logps makes the one float32 copy it reduces)
     lp.__dict__.pop("forward", None)
-    return Loop(acc, wrapped, ref_model, ref_cache, method, mcfg, tcfg, core, pad_id, micro, autocast, bf16, log)
+    loop = Loop(acc, wrapped, ref_model, ref_cache, method, mcfg, tcfg, core, pad_id, micro, autocast, bf16, log)
+    loop.stats["memory_estimate"] = mem
+    return loop
 
 
 def train_step(loop: Loop, fb: list, rb: list, f_idx: list[int], fa: list | None = None) -> dict:
@@ -449,6 +476,7 @@ def unlearn_model(
         "world_size": loop.acc.num_processes,
         "micro_batch_size": loop.micro,
         "precision": "bf16" if loop.bf16 else "fp32",
+        "memory_estimate": loop.stats["memory_estimate"],  # bytes per process (unlearn/memory.py)
         **{k: v for k, v in last.items() if k in ("loss", "forget_logp", "retain_logp")},
     }
     return final, summary

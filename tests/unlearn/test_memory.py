@@ -126,3 +126,66 @@ def test_fp32_masters_resume_exactly(tmp_path):
     assert (tmp_path / "ck" / "aux_master_weights.pt").exists()
     half, m_half, _ = _linear_run(torch.bfloat16, "fp32", 7, resume=tmp_path / "ck")
     assert torch.equal(m_half, m_full) and torch.equal(half, full)
+
+
+# ----------------------------------------------------------------------------------------------- the estimate
+@pytest.mark.parametrize(("dtype", "master"), [(torch.float32, "none"), (torch.bfloat16, "none"),
+                                               (torch.bfloat16, "fp32")])  # fmt: skip
+def test_state_terms_equal_the_real_tensors_after_one_step(tiny, dtype, master):
+    """weights / gradients / optimizer equal the summed nbytes of the parameters, their .grad and AdamW's state
+    (masters included) after one real optimizer step on the tiny Llama."""
+    from accelerate import Accelerator
+
+    from unlearn.loop import make_core
+    from unlearn.memory import estimate
+
+    tok, model, splits = tiny
+    m = copy.deepcopy(model).to(dtype)
+    tcfg = TrainConfig(lr=1e-3, master_weights=master)
+    named = list(m.named_parameters())
+    core = make_core(Accelerator(cpu=True), named, tcfg, 1, 1)
+    b = {k: v for k, v in _batch(tok, splits).items()}
+    m(**b).loss.backward()
+    grads = sum(p.grad.nbytes for p in m.parameters() if p.grad is not None)
+    core.step()
+    opt_state = sum(t.nbytes for st in core.opt.state.values() for t in st.values() if torch.is_tensor(t))
+    opt_state += sum(mw.nbytes for _, mw in core.masters)
+    est = estimate(m, named, tcfg, reference=False, micro=1, seq_len=8)
+    assert est["weights"] == sum(p.nbytes for p in m.parameters())
+    assert est["gradients"] == grads
+    assert est["optimizer"] == opt_state
+    assert est["reference"] == 0 and estimate(m, named, tcfg, True, 1, 8)["reference"] == est["weights"]
+
+
+def _batch(tok, splits):
+    from unlearn.targets.llm import collate
+
+    items = [encode_qa(tok, PromptFormat(), r["question"], r["answer"]) for r in splits["forget10"][:2]]
+    b = collate(items, tok.pad_token_id)
+    return {"input_ids": b["input_ids"], "attention_mask": b["attention_mask"], "labels": b["labels"]}
+
+
+def test_activation_term_by_hand():
+    from unlearn.memory import activation_bytes
+
+    # L=2, d=8, h=2, I=16, V=10, B=3 sequences of T=5, N=4 answer tokens, bf16 (a=2):
+    # per layer 3*5*2*(80 + 48 + 2*2*5) = 30*148 = 4440; two layers 8880; logits 4*10*(2+4) = 240
+    assert activation_bytes(2, 8, 2, 16, 10, 3, 5, 4, 2, checkpointing=False) == 8880 + 240
+    # checkpointing: block inputs 2*3*5*2*8 = 480, plus one block recomputed 4440, plus logits 240
+    assert activation_bytes(2, 8, 2, 16, 10, 3, 5, 4, 2, checkpointing=True) == 480 + 4440 + 240
+
+
+def test_micro_batch_from_free_memory_with_a_two_rank_min():
+    from unlearn.memory import choose_micro
+
+    def act(m):  # 100 bytes of activations per micro-batch unit
+        return 100 * m
+
+    # 0.8 * 2000 - 400 = 1200 bytes: 12 fit, capped at the share 16; a share of 8 keeps 8
+    assert choose_micro(16, act, 2000, 400) == 12
+    assert choose_micro(8, act, 2000, 400) == 8
+    assert choose_micro(16, act, 100, 400) == 1  # nothing fits: 1 (the OOM halving can do no more)
+    # two "ranks" with free memory 2000 and 1500 choose 12 and 8 alone; a fake all-reduce MIN over both gives 8, 8
+    alone = [choose_micro(16, act, f, 400) for f in (2000, 1500)]
+    assert alone == [12, 8]
+    assert [choose_micro(16, act, f, 400, reduce_min=lambda m: min(m, *alone)) for f in (2000, 1500)] == [8, 8]
