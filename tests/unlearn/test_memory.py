@@ -189,3 +189,23 @@ def test_micro_batch_from_free_memory_with_a_two_rank_min():
     alone = [choose_micro(16, act, f, 400) for f in (2000, 1500)]
     assert alone == [12, 8]
     assert [choose_micro(16, act, f, 400, reduce_min=lambda m: min(m, *alone)) for f in (2000, 1500)] == [8, 8]
+
+
+def test_a_run_prints_the_estimate_and_stores_it_in_config_json(tiny_target_dir, tmp_path, monkeypatch, capsys):
+    import json
+
+    from unlearn.cli import main
+
+    monkeypatch.setenv("UNLEARN_HOME", str(tmp_path / "home"))
+    t = tiny_target_dir
+    cmd = ["run", "--method", "npo", "--model", str(t / "model"), "--forget", str(t / "forget.jsonl"),
+           "--retain", str(t / "retain.jsonl"), "--holdout", str(t / "holdout.jsonl"), "--out", str(tmp_path / "r"),
+           "--no-progress", "--set", "batch_size=4", "--set", "epochs=1"]  # fmt: skip
+    assert main(cmd) == 0
+    assert "memory estimate per process:" in capsys.readouterr().out
+    cfg = json.loads(next((tmp_path / "r").rglob("config.json")).read_text())
+    est = cfg["memory_estimate"]
+    assert (
+        est["reference"] == 0 and est["weights"] > 0 and est["total"] == sum(v for k, v in est.items() if k != "total")
+    )
+    assert "memory_estimate" not in json.dumps(cfg["resolved"])  # not part of the run's identity
