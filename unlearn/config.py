@@ -51,6 +51,8 @@ class TrainConfig:
     max_length: int = 512  # token cap per QA sequence
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on GPU, fp32 on CPU
     gradient_checkpointing: bool = False  # trade compute for memory on large models
+    # fp32: AdamW updates float32 master copies of bf16 weights (precision=bf16), rounded back each step; none: off
+    master_weights: Literal["none", "fp32"] = "none"
     checkpoint_every: int = 0  # save a resumable checkpoint every N steps (0: none; a finished run needs none)
     eval_every: int = 0  # trace the basic evaluation before the first step, every N steps and after the last (0: off)
     # where the trace rows and periodic evaluations are also logged (unlearn/tracking.py): none = trace.jsonl only;

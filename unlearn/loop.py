@@ -101,6 +101,7 @@ class Core:
     aux: dict = field(default_factory=dict)  # name -> module | optimizer
     _grads: dict = field(default_factory=dict)  # loss name -> [grad] accumulated over micro-batches
     sharded: bool = False  # the parameters are FSDP DTensor shards (unlearn/sharding.py)
+    masters: list = field(default_factory=list)  # [(param, fp32 master)] with master_weights=fp32; opt steps these
 
     @property
     def params(self) -> list:
@@ -145,13 +146,42 @@ class Core:
         return grad_norm(self.params)
 
     def step(self) -> None:
+        for p, m in self.masters:  # the (clipped, masked) low-precision gradient, upcast for the fp32 update
+            m.grad = None if p.grad is None else p.grad.detach().to(m.dtype)
         self.opt.step()
         self.sched.step()
         self.opt.zero_grad(set_to_none=True)
+        if self.masters:
+            with torch.no_grad():
+                for p, m in self.masters:  # the model keeps its dtype: round the updated master back into it
+                    p.copy_(m)
+                    p.grad = None
 
     def zero_grad(self) -> None:
         self.opt.zero_grad(set_to_none=True)
+        for p, _ in self.masters:
+            p.grad = None
         self._grads.clear()
+
+
+class MasterWeights:
+    """The fp32 master copies as a checkpointable aux object (``aux_master_weights.pt``): loading puts the masters
+    back and rounds them into the model's parameters, so a resumed run continues from the exact fp32 values."""
+
+    def __init__(self, pairs: list):
+        self.pairs = pairs  # [(param, master)]
+
+    def state_dict(self) -> dict:
+        return {"masters": [m.detach().cpu() for _, m in self.pairs]}
+
+    def load_state_dict(self, sd: dict) -> None:
+        saved = sd["masters"]
+        if len(saved) != len(self.pairs):
+            raise UnlearnError(f"checkpoint has {len(saved)} master weights, this run {len(self.pairs)}")
+        with torch.no_grad():
+            for (p, m), v in zip(self.pairs, saved):
+                m.copy_(v)
+                p.copy_(m)
 
 
 def check_finite(loss: float, gnorm: float) -> None:
@@ -185,17 +215,30 @@ def select_params(model, spec, mcfg) -> list:
 
 def make_core(acc, named_params, tcfg, spe: int, total: int, spec=None, mcfg=None, aux=None, masks=None,
               fused: bool | None = None) -> Core:  # fmt: skip
-    """AdamW over ``named_params`` with the warm-up/decay schedule; the core's gradient hooks from ``spec``."""
+    """AdamW over ``named_params`` with the warm-up/decay schedule; the core's gradient hooks from ``spec``.
+
+    ``tcfg.master_weights == "fp32"``: every parameter that is not float32 (bf16 weights) gets a float32 master copy;
+    AdamW (and its moments) updates the masters and `Core.step` rounds them back into the parameters, so updates
+    smaller than a bf16 ulp accumulate instead of being lost. The masters travel in checkpoints as an aux object.
+    """
     masked = set(masks or {})
+    aux = dict(aux or {})
+    masters = []
+    if getattr(tcfg, "master_weights", "none") == "fp32":
+        masters = [(p, p.detach().float().clone()) for _, p in named_params if p.dtype != torch.float32]
+        if masters:
+            aux["master_weights"] = MasterWeights(masters)
+    opt_of = {id(p): m for p, m in masters}  # the tensor AdamW steps for each parameter
+    named_params_opt = [(n, opt_of.get(id(p), p)) for n, p in named_params]
     # decoupled weight decay moves an entry whatever its gradient, so masked parameters are not decayed: a masked
     # entry never moves (Needle's reference decays the whole masked layer, docs/evaluators/concept-vectors.md)
-    groups = [{"params": [p for n, p in named_params if n not in masked]},
-              {"params": [p for n, p in named_params if n in masked], "weight_decay": 0.0}]  # fmt: skip
+    groups = [{"params": [p for n, p in named_params_opt if n not in masked]},
+              {"params": [p for n, p in named_params_opt if n in masked], "weight_decay": 0.0}]  # fmt: skip
     groups = [g for g in groups if g["params"]]
     opt = torch.optim.AdamW(groups, lr=tcfg.lr, weight_decay=tcfg.weight_decay, fused=fused)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(tcfg, spe, total))
     return Core(acc, named_params, opt, sched, tcfg, masks=dict(masks or {}),
-                transform=getattr(spec, "transform_grads", None), mcfg=mcfg, aux=dict(aux or {}))  # fmt: skip
+                transform=getattr(spec, "transform_grads", None), mcfg=mcfg, aux=aux, masters=masters)  # fmt: skip
 
 
 # ----------------------------------------------------------------------------------------------- checkpoints

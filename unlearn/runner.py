@@ -39,7 +39,7 @@ from unlearn.methods import get_method
 from unlearn.metrics.cost import cost_metrics
 from unlearn.metrics.muse import MuseEvalConfig, add_privleak, cached_muse_evaluate, muse_evaluate
 from unlearn.sharding import resolve as resolve_sharding
-from unlearn.store import atomic_write_jsonl, read_json, read_jsonl, run_dir
+from unlearn.store import atomic_write_json, atomic_write_jsonl, read_json, read_jsonl, run_dir
 from unlearn.targets.llm import (
     PromptFormat,
     encode_record,
@@ -448,6 +448,10 @@ def run(a: RunArgs, log=print, accelerator=None, trace_eval=None) -> Path:
                 suite = _internal_suite(spec, tok, fmt, sets, retain_train, orig or tdir, odir)
                 metrics.update(_internal(suite, model, accelerator, main, rdir))
         if main:
+            # the estimate (bytes per process, unlearn/memory.py) beside resolved/provenance: not part of the identity
+            cfg_json = read_json(rdir / "config.json")
+            cfg_json["memory_estimate"] = summary.get("memory_estimate")
+            atomic_write_json(rdir / "config.json", cfg_json)
             metrics.update(cost_metrics(summary, time.time() - t0))
             if "dp_card" in start_info:  # a DP-trained starting model: its accountant's figures and one-off cost
                 from unlearn.metrics.privacy import dp_metrics

@@ -14,9 +14,12 @@ checkpoints, trace and progress; this module supplies what is specific to causal
   share is split into several micro-batches, sequences are sorted by length first (less padding).
 * AdamW (fused on CUDA), bf16 autocast on GPU (set by ``precision``, whether or not the accelerator was configured
   for mixed precision), LoRA through peft, gradient checkpointing.
-* Micro-batch size: the whole per-process share first; on GPU out-of-memory it is halved until it fits and kept.
-* The frozen reference: its forget log-probs are cached once; a full copy is kept only when the method says it
-  needs one (KL retain terms).
+* Micro-batch size (``micro_batch_size=0``): the whole per-process share on CPU; on GPU the largest that free memory
+  holds by the activation estimate (`unlearn.memory.choose_micro`, the same on every rank); on GPU out-of-memory it
+  is halved until it fits and kept.
+* The frozen reference: its forget log-probs are cached once, from the model itself before any update (spec's
+  ``reference_logps``); a full copy is made only when the method says it needs a frozen module
+  (``needs_reference``: KL retain terms, reference hidden states).
 
 `setup` / `train_step` / `optimizer_step` are the pieces; `unlearn_model` hands them to the core's `run_loop`. The
 speed benchmark (benchmarks/speed/train_speed.py) calls the same pieces.
@@ -134,6 +137,25 @@ def _default_wrap(module, acc):
     return acc.prepare(module)
 
 
+def _min_over_ranks(acc, m: int) -> int:
+    """The smallest ``m`` over all processes (every rank must run the same micro-batches)."""
+    if acc.num_processes == 1:
+        return m
+    t = torch.tensor([m], device=acc.device)
+    torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MIN)
+    return int(t.item())
+
+
+def _forget_logps(model, f_items, pad_id, device, autocast, chunk: int) -> torch.Tensor:
+    """(n_forget,) float32 sequence log-probs of the forget items under ``model`` (no grad), ``chunk`` at a time."""
+    ref_wrap, vals = SequenceLogProbs(model), []
+    with torch.no_grad(), autocast():
+        for i in range(0, len(f_items), chunk):
+            b = _device_batch(collate(f_items[i : i + chunk], pad_id), device)
+            vals.append(ref_wrap(**b)["seq_logp"].float())
+    return torch.cat(vals).cpu()
+
+
 def setup(
     model,
     f_items: list,
@@ -164,10 +186,23 @@ def setup(
     acc = accelerator or Accelerator()  # mixed precision is ours (autocast below), not accelerate's
     device = acc.device
     ref_model = None
-    if method.needs_reference(mcfg):
+    if method.needs_reference(mcfg):  # a frozen module the step runs (KL retain terms, hidden(reference=True))
         ref_model = copy.deepcopy(model).to(device).eval()
         ref_model.requires_grad_(False)
     model.to(device)
+    micro = tcfg.micro_batch_size or max(1, tcfg.batch_size // acc.num_processes)
+    use_ac = bf16 and device.type == "cuda"
+    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if use_ac else contextlib.nullcontext
+    # Reference log-probs of the forget set never change: compute them once (saves NPO a forward pass per step).
+    # Before any update, LoRA or checkpointing the model IS the reference: without a copy they come from it, in eval
+    # mode, by the same code path as from a copy (bit-identical; tests/unlearn/test_memory.py).
+    ref_cache = None
+    if ref_model is not None or method.reference_logps(mcfg):
+        src = ref_model if ref_model is not None else model
+        was = src.training
+        src.eval()
+        ref_cache = _forget_logps(src, f_items, pad_id, device, autocast, max(1, min(micro, 64)))
+        src.train(was)
     if tcfg.gradient_checkpointing:
         model.gradient_checkpointing_enable()
         model.config.use_cache = False
@@ -179,26 +214,27 @@ def setup(
             # with frozen embeddings no input requires grad, so reentrant-checkpointed blocks would get no gradient
             model.enable_input_require_grads()
     model.train()
-    # autocast on our side too: an accelerator passed in by `accelerate launch` may not have mixed precision set
-    use_ac = bf16 and device.type == "cuda"
-    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if use_ac else contextlib.nullcontext
-    micro = tcfg.micro_batch_size or max(1, tcfg.batch_size // acc.num_processes)
-
-    # Reference log-probs of the forget set never change: compute them once (saves NPO a forward pass per step).
-    ref_cache = None
-    if ref_model is not None:
-        ref_wrap, vals, chunk = SequenceLogProbs(ref_model), [], max(1, min(micro, 64))
-        with torch.no_grad(), autocast():
-            for i in range(0, len(f_items), chunk):
-                b = _device_batch(collate(f_items[i : i + chunk], pad_id), device)
-                vals.append(ref_wrap(**b)["seq_logp"].float())
-        ref_cache = torch.cat(vals).cpu()  # (n_forget,)
+    # autocast on our side too (above): an accelerator passed in by `accelerate launch` may not have mixed precision
 
     named = select_params(model, method, mcfg)
     masks = method.grad_mask(model, mcfg) if method.grad_mask is not None else {}
     aux = method.make_aux(model, mcfg, device) if method.make_aux is not None else {}
     core = make_core(acc, named, tcfg, spe, total, spec=method, mcfg=mcfg, aux=aux, masks=masks,
                      fused=cuda or None)  # fmt: skip
+    from unlearn.memory import choose_micro, describe, estimate
+
+    seq_len = min(tcfg.max_length, max(len(ids) for ids, _ in f_items))
+    if tcfg.micro_batch_size == 0 and device.type == "cuda":  # the largest micro-batch free memory holds
+        # (halving on out-of-memory in train_step stays the fallback)
+        def act(m: int) -> int:
+            return estimate(model, named, tcfg, ref_model is not None, m, seq_len, acc.num_processes)["activations"]
+
+        state = estimate(model, named, tcfg, ref_model is not None, 1, seq_len, acc.num_processes)
+        micro = choose_micro(micro, act, torch.cuda.mem_get_info(device)[0], state["gradients"] + state["optimizer"],
+                             reduce_min=lambda m: _min_over_ranks(acc, m))  # fmt: skip
+    mem = estimate(model, named, tcfg, ref_model is not None, micro, seq_len, acc.num_processes)
+    if acc.is_main_process:
+        log(describe(mem))
     lp = SequenceLogProbs(model)
     wrapped = (wrap or _default_wrap)(lp, acc)
     now = dict(model.named_parameters())
@@ -214,8 +250,10 @@ def setup(
     # accelerate's mixed precision would cast every output to float32, i.e. copy the (N, V) answer logits: we
     # autocast ourselves and keep the logits in bf16 (token_logps makes the one float32 copy it reduces)
     lp.__dict__.pop("forward", None)
-    return Loop(acc, wrapped, ref_model, ref_cache, method, mcfg, tcfg, core, pad_id, micro, autocast, bf16, log,
+    loop = Loop(acc, wrapped, ref_model, ref_cache, method, mcfg, tcfg, core, pad_id, micro, autocast, bf16, log,
                 ref_wrap=ref_wrap)  # fmt: skip
+    loop.stats["memory_estimate"] = mem
+    return loop
 
 
 def train_step(loop: Loop, fb: list, rb: list, f_idx: list[int], fa: list | None = None) -> dict:
@@ -461,6 +499,7 @@ def unlearn_model(
         "world_size": loop.acc.num_processes,
         "micro_batch_size": loop.micro,
         "precision": "bf16" if loop.bf16 else "fp32",
+        "memory_estimate": loop.stats["memory_estimate"],  # bytes per process (unlearn/memory.py)
         **{k: v for k, v in last.items() if k in ("loss", "forget_logp", "retain_logp")},
         **getattr(wrap, "summary", {}),  # FSDP: the parameter elements this rank held
     }

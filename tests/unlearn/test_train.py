@@ -98,7 +98,8 @@ def test_micro_batches_add_up_to_the_full_batch(tiny, method, retain):
 def test_set_retain_routes_to_the_method_config(method, kind):
     spec, mcfg, tcfg = prepare_configs(RunArgs(method=method, overrides=[("retain", kind), ("lr", "1e-4")]), True)
     assert mcfg.retain == kind and tcfg.lr == 1e-4
-    assert spec.needs_reference(mcfg) == (kind.startswith("kl") or method == "npo")
+    assert spec.needs_reference(mcfg) == kind.startswith("kl")  # NPO's cached log-probs need no copy
+    assert spec.reference_logps(mcfg) == (method == "npo")
 
 
 def test_ga_has_no_retain_setting():

@@ -88,7 +88,9 @@ class StepContext(Protocol):
     several batches in one forward pass and returns a dict with ``seq_logp`` (B,), ``n_tokens`` (B,) and, for KL
     terms, ``logits`` (N, V) at answer positions and ``row`` (N,). ``reference(batch, full_logits=False)`` does the
     same under ``no_grad`` on the frozen pre-unlearning model (None when the method needs none).
-    ``ref_forget_logp(idx)`` returns cached reference sequence log-probs of forget examples (B,). ``norm`` holds
+    ``ref_forget_logp(idx)`` returns cached reference sequence log-probs of forget examples (B,) (when the spec's
+    ``reference_logps`` or ``needs_reference`` says so; computed from the model itself before the first update, so
+    no frozen copy exists unless ``needs_reference`` asks for one). ``norm`` holds
     the global normalisers of this optimizer step: ``forget_seqs``, ``forget_tokens``, ``retain_seqs``,
     ``retain_tokens`` (and ``forget_alt_seqs`` / ``forget_alt_tokens`` with ``forget_targets``) — so that
     micro-batching and processes sum to exactly the one-process gradient. ``hidden(*batches, layer, reference)``:
@@ -123,7 +125,10 @@ class MethodSpec:
     description: str
     step: Callable | None = None  # gradient methods: step(ctx, batch, cfg) -> (loss or {name: loss}, logs)
     apply: Callable | None = None  # closed-form edits: apply(target, erase, cfg, preserve, on_round=None) -> info
-    needs_reference: Callable[[Any], bool] = lambda cfg: False  # whether a frozen reference copy is needed
+    # whether a frozen reference module is needed (ctx.reference: KL retain terms, hidden(reference=True) ...)
+    needs_reference: Callable[[Any], bool] = lambda cfg: False
+    # whether the step reads ctx.ref_forget_logp (cached once before any update; no copy of the model on its own)
+    reference_logps: Callable[[Any], bool] = lambda cfg: False
     trainable: Callable | None = None  # (model, cfg) -> [(name, param)]; None = every parameter
     grad_mask: Callable | None = None  # (model, cfg) -> {param name: 0/1 mask tensor}
     transform_grads: Callable | None = None  # ({loss name: [grad]}, cfg) -> [grad]

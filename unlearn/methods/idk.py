@@ -179,7 +179,8 @@ def idknll_step(ctx, batch: dict, cfg: IdkNLLConfig):
     IdkDPOConfig,
     "IdK-DPO: prefer 'I don't know' over the forget answer (DPO vs the frozen model) + retain NLL",
     forget_targets=forget_targets,
-    needs_reference=lambda cfg: True,
+    reference_logps=lambda cfg: True,  # ref_forget_logp: cached
+    needs_reference=lambda cfg: True,  # the alternate answers' reference log-probs come from the frozen copy
 )
 def idkdpo_step(ctx, batch: dict, cfg: IdkDPOConfig):
     full = cfg.retain == "kl_unmasked"

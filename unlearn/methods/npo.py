@@ -54,7 +54,11 @@ def npo_weight(logp: torch.Tensor, ref_logp: torch.Tensor, beta: float) -> torch
 
 
 @register_method(
-    "npo", NPOConfig, "Negative Preference Optimization + retain NLL (NPO+RT)", needs_reference=lambda cfg: True
+    "npo",
+    NPOConfig,
+    "Negative Preference Optimization + retain NLL (NPO+RT)",
+    reference_logps=lambda cfg: True,  # the forget log-ratio reads the cached reference log-probs
+    needs_reference=lambda cfg: cfg.retain.startswith("kl"),  # a frozen copy only for the KL retain terms
 )
 def step(ctx, batch: dict, cfg: NPOConfig):
     out, out_r = policy_outputs(ctx, batch, cfg.retain)
