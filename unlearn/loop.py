@@ -264,13 +264,7 @@ def save_checkpoint(ckpt: Path, model, core: Core, step: int, tokens: int, extra
             torch.save(obj.state_dict(), tmp / f"aux_{name}.pt")
     state = {"step": step, "tokens": tokens, "scheduler": core.sched.state_dict(), **(extra or {})}
     atomic_write_json(tmp / "state.json", state)  # last: a tmp folder with it is complete
-    old = ckpt.with_name(ckpt.name + ".old")
-    if old.exists():
-        shutil.rmtree(old)
-    if ckpt.exists():
-        os.replace(ckpt, old)
-    os.replace(tmp, ckpt)
-    shutil.rmtree(old, ignore_errors=True)
+    _swap_in(tmp, ckpt)
 
 
 def _save_sharded(ckpt: Path, model, core: Core, step: int, tokens: int, extra: dict | None) -> None:
@@ -287,14 +281,19 @@ def _save_sharded(ckpt: Path, model, core: Core, step: int, tokens: int, extra: 
         state = {"step": step, "tokens": tokens, "scheduler": core.sched.state_dict(), "sharding": "fsdp",
                  "world_size": world_size(acc), **(extra or {})}  # fmt: skip
         atomic_write_json(tmp / "state.json", state)  # last: a tmp folder with it is complete
-        old = ckpt.with_name(ckpt.name + ".old")
-        if old.exists():
-            shutil.rmtree(old)
-        if ckpt.exists():
-            os.replace(ckpt, old)
-        os.replace(tmp, ckpt)
-        shutil.rmtree(old, ignore_errors=True)
+        _swap_in(tmp, ckpt)
     acc.wait_for_everyone()
+
+
+def _swap_in(tmp: Path, ckpt: Path) -> None:
+    """Replace ``ckpt`` by the complete ``tmp`` (``ckpt`` -> ``ckpt.old`` -> removed; see `recover_checkpoint`)."""
+    old = ckpt.with_name(ckpt.name + ".old")
+    if old.exists():
+        shutil.rmtree(old)
+    if ckpt.exists():
+        os.replace(ckpt, old)
+    os.replace(tmp, ckpt)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def recover_checkpoint(ckpt: Path) -> None:
