@@ -219,8 +219,6 @@ def setup(
     named = select_params(model, method, mcfg)
     masks = method.grad_mask(model, mcfg) if method.grad_mask is not None else {}
     aux = method.make_aux(model, mcfg, device) if method.make_aux is not None else {}
-    core = make_core(acc, named, tcfg, spe, total, spec=method, mcfg=mcfg, aux=aux, masks=masks,
-                     fused=cuda or None)  # fmt: skip
     from unlearn.memory import choose_micro, describe, estimate
 
     seq_len = min(tcfg.max_length, max(len(ids) for ids, _ in f_items))
@@ -237,12 +235,15 @@ def setup(
         log(describe(mem))
     lp = SequenceLogProbs(model)
     wrapped = (wrap or _default_wrap)(lp, acc)
+    # the optimizer is built after wrapping: fully_shard replaces the parameters by DTensors (same names), and
+    # AdamW (and fp32 masters) over the unsharded ones would be built once for nothing
     now = dict(model.named_parameters())
-    if any(now.get(n) is not p for n, p in named):  # fully_shard replaced them by DTensors (same names)
+    sharded = any(now.get(n) is not p for n, p in named)
+    if sharded:
         named = [(n, now[n]) for n, _ in named]
-        core = make_core(acc, named, tcfg, spe, total, spec=method, mcfg=mcfg, aux=aux, masks=masks,
-                         fused=cuda or None)  # fmt: skip
-        core.sharded = True
+    core = make_core(acc, named, tcfg, spe, total, spec=method, mcfg=mcfg, aux=aux, masks=masks,
+                     fused=cuda or None)  # fmt: skip
+    core.sharded = sharded
     ref_wrap = wrap.reference(ref_model, acc) if ref_model is not None and hasattr(wrap, "reference") else None
     core.opt = acc.prepare_optimizer(core.opt)
     if wrap_optimizer is not None:
